@@ -44,4 +44,5 @@ def run_gloo(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[An
             join=True,
             start_method="spawn",
         )
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+        paths = [os.path.join(out_dir, f"rank{r}.pt") for r in range(world_size)]
+        return [torch.load(path, weights_only=False) for path in paths]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ekd import dist
 from ekd.models.features import Features
 
 _REGISTRY: dict[str, type[Objective]] = {}
@@ -25,6 +26,12 @@ class Objective(nn.Module):
     name: str = ""
     requires: frozenset[str] = frozenset({"embedding"})
     relational: bool = False
+    # True for objectives that need the teacher's class centres (C x D), e.g. MarginDistillation;
+    # the training module calls ``set_teacher_centres`` once before training.
+    needs_teacher_centres: bool = False
+
+    def set_teacher_centres(self, centres: torch.Tensor) -> None:
+        raise TypeError(f"distillation objective {self.name!r} does not use teacher class centres")
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -42,6 +49,36 @@ class Objective(nn.Module):
                 f"provide them (it provides embedding, logits={features.logits is not None}, "
                 f"stages={sorted(features.stages)})"
             )
+
+
+def gather_global(
+    student: Features, teacher: Features, labels: torch.Tensor, layout: list[int] | None = None
+) -> tuple[Features, Features, torch.Tensor]:
+    """The global batch for relational objectives under DDP (identity on one process).
+
+    Student embeddings and logits are gathered with gradients flowing back to the local rows (see
+    ``ekd.dist`` for the gradient scale), teacher tensors and labels without. Stage maps are not
+    gathered. ``layout`` splits the local rows into consecutive parts (e.g. ``[32, 32]`` for EKD's
+    general + balanced images); each part is gathered separately and the result is part-major:
+    [part 0 of every rank, part 1 of every rank, ...], the order of the official EKD code.
+    """
+    if not dist.is_distributed():
+        return student, teacher, labels
+    layout = layout or [labels.shape[0]]
+    if sum(layout) != labels.shape[0]:
+        raise ValueError(f"batch layout {layout} does not add up to the batch size {labels.shape[0]}")
+
+    def gather(tensor: torch.Tensor | None, with_grad: bool) -> torch.Tensor | None:
+        if tensor is None:
+            return None
+        fn = dist.gather_with_grad if with_grad else dist.gather_nograd
+        return torch.cat([fn(part) for part in torch.split(tensor, layout)], dim=0)
+
+    student_global = Features(embedding=gather(student.embedding, True), logits=gather(student.logits, True))
+    teacher_global = Features(
+        embedding=gather(teacher.embedding, False), logits=gather(teacher.logits, False)
+    )
+    return student_global, teacher_global, gather(labels, False)
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
