@@ -1,0 +1,71 @@
+"""SP: similarity-preserving distillation (Tung and Mori, ICCV 2019).
+
+    F: B x d, one flattened feature vector per sample;  G = F F^T (B x B);
+    G~ = G with each row L2-normalised (rows of norm < eps are divided by eps, i.e. stay ~0);
+    L_SP = ||G~_t - G~_s||_F^2 / B^2.
+
+Student and teacher may have different feature sizes (only the B x B matrices are compared).
+Features: the raw embedding by default; ``stage="stage3"`` etc. uses that stage map (flattened).
+Zero when the student equals the teacher; invariant to orthogonal transforms and positive scaling of
+either model's features. Recommended weight (``default_weight``): 3000, the paper's / CRD's value.
+
+Relational: on the embedding the training module passes the global batch (``gather_global``). Stage
+maps are not part of that gather, so with ``stage`` set the objective is registered non-relational
+(``relational`` is False on that instance) and gathers the flattened maps itself inside ``forward``
+(student with gradients, teacher without, ``ekd.dist``): the loss is the same global-batch loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ekd import dist
+from ekd.distill.adapters import flatten
+from ekd.distill.base import Objective, register_objective
+from ekd.distill.common import check_batch, compute_dtype
+from ekd.models.features import STAGE_NAMES, Features
+
+
+def _normalised_gram(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.normalize(x @ x.t(), p=2, dim=1, eps=eps)
+
+
+@register_objective("sp")
+class SPObjective(Objective):
+    """Squared Frobenius distance between row-normalised batch similarity matrices, over B^2."""
+
+    requires = frozenset({"embedding"})
+    relational = True
+    default_weight = 3000.0
+
+    def __init__(self, stage: str | None = None, eps: float = 1e-12) -> None:
+        super().__init__()
+        if stage is not None and stage not in STAGE_NAMES:
+            raise ValueError(f"sp: unknown stage {stage!r}; expected None (embedding) or one of {list(STAGE_NAMES)}")
+        self.stage = stage
+        self.eps = float(eps)
+        if stage is not None:
+            self.requires = frozenset({f"stages.{stage}"})
+            self.relational = False  # gathers the stage maps itself (see the module docstring)
+
+    def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
+        self.check_features(student, "student")
+        self.check_features(teacher, "teacher")
+        if self.stage is None:
+            f_s, f_t = student.embedding, teacher.embedding
+        else:
+            f_s = dist.gather_with_grad(flatten(student.stages[self.stage]))
+            f_t = dist.gather_nograd(flatten(teacher.stages[self.stage].detach()))
+        f_s = flatten(compute_dtype(f_s))
+        f_t = flatten(f_t.detach()).to(f_s.dtype)
+        check_batch(self.name, "features", f_s)
+        if f_s.shape[0] != f_t.shape[0]:
+            raise ValueError(f"sp: student and teacher batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
+        b = f_s.shape[0]
+        with torch.no_grad():
+            g_t = _normalised_gram(f_t, self.eps)
+        return (g_t - _normalised_gram(f_s, self.eps)).pow(2).sum() / (b * b)
+
+    def extra_repr(self) -> str:
+        return f"stage={self.stage!r}"

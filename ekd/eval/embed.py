@@ -1,0 +1,232 @@
+"""Embedding extraction for evaluation, as insightface does it (flip test-time augmentation).
+
+For every uint8 image x (N x 3 x 112 x 112, RGB, as ``ekd.data.load_bin`` returns) the model sees
+``(x - 127.5) / 127.5`` and its horizontal mirror; the two *raw* embeddings are summed and the sum is
+L2-normalised: e = normalise(f(x) + f(flip(x))). XNorm is the mean L2 norm of all raw embeddings
+(both views), the figure insightface logs next to each accuracy.
+
+A model is either a torch ``nn.Module`` (a ``FaceBackbone``; run under ``torch.no_grad``, in eval
+mode, with autocast and channels_last input on CUDA) or an ONNX model run by onnxruntime (an
+``InferenceSession`` or a path; input already normalised float32, named ``data``).
+
+Under DDP (``shard=True``) each rank embeds one contiguous slice of the images (the first
+``N % world`` ranks take one image more) and the slices are gathered in rank order with
+``ekd.dist.gather_nograd``, so every rank ends with all N embeddings in the original order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ekd import dist
+
+#: A batch function: normalised float images N x 3 x H x W -> raw embeddings N x D (float32).
+BatchEmbedder = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EmbeddingResult:
+    """Flip-summed embeddings of N images.
+
+    raw: N x D sum of the raw embeddings of the image and its mirror (unnormalised, float32).
+    embeddings: ``raw`` L2-normalised (float32).
+    xnorm: mean L2 norm of the raw per-view embeddings (over both views when ``flip``).
+    """
+
+    raw: torch.Tensor
+    embeddings: torch.Tensor
+    xnorm: float
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB -> float32 ``(x - 127.5) / 127.5`` in [-1, 1] (the contract of every backbone)."""
+    return (images.float() - 127.5) / 127.5
+
+
+def _check_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a uint8 tensor or array, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0..255, normalised inside), got dtype {images.dtype}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be N x 3 x H x W (RGB), got shape {tuple(images.shape)}")
+    return images
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode and restore every submodule's previous mode afterwards."""
+    modes = {name: m.training for name, m in module.named_modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for name, m in module.named_modules():
+            if name in modes:
+                m.training = modes[name]
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class TorchEmbedder:
+    """Runs a torch backbone on normalised batches: no_grad, autocast + channels_last on CUDA.
+
+    The module itself is left as it is (no memory-format or dtype change); the caller sets eval mode
+    (``extract_embeddings`` does).
+    """
+
+    def __init__(self, module: nn.Module, amp: bool = True, amp_dtype: torch.dtype = torch.float16) -> None:
+        self.module = module
+        self.device = _module_device(module)
+        self.amp = amp and self.device.type == "cuda"
+        self.amp_dtype = amp_dtype
+
+    @torch.no_grad()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            # NHWC input lets cuDNN pick its channels-last kernels for every conv that follows
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            out = self.module(batch)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"{type(self.module).__name__} must return N x D embeddings for an input of "
+                f"{batch.shape[0]} images, got {shape}"
+            )
+        return out.float()
+
+
+class OnnxEmbedder:
+    """Runs an ONNX model with onnxruntime; input ``data`` (or the model's only input), float32 NCHW.
+
+    A model exported with a fixed batch size gets its last, short batch padded (the padding rows are
+    dropped from the output), as insightface's evaluation does.
+    """
+
+    def __init__(self, model: str | os.PathLike | object, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"ONNX model {path!r} does not exist")
+            session = ort.InferenceSession(path, providers=providers or ort.get_available_providers())
+        else:
+            session = model
+        self.session = session
+        inputs = session.get_inputs()
+        names = [i.name for i in inputs]
+        if "data" in names:
+            self.input = inputs[names.index("data")]
+        elif len(inputs) == 1:
+            self.input = inputs[0]
+        else:
+            raise ValueError(f"ONNX model has inputs {names}; expected one named 'data'")
+        batch_dim = self.input.shape[0] if self.input.shape else None
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self.device = torch.device("cpu")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).numpy()
+        outputs = []
+        step = self.fixed_batch or array.shape[0]
+        for start in range(0, array.shape[0], step):
+            chunk = array[start : start + step]
+            count = chunk.shape[0]
+            if self.fixed_batch and count < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - count, *chunk.shape[1:]), dtype=np.float32)
+                chunk = np.concatenate([chunk, pad])
+            out = self.session.run(None, {self.input.name: np.ascontiguousarray(chunk)})[0]
+            outputs.append(np.asarray(out, dtype=np.float32)[:count])
+        result = torch.from_numpy(np.concatenate(outputs))
+        if result.ndim != 2 or result.shape[0] != array.shape[0]:
+            raise ValueError(f"ONNX model must output N x D embeddings, got {tuple(result.shape)}")
+        return result
+
+
+def as_embedder(model: nn.Module | BatchEmbedder | str | os.PathLike, amp: bool = True) -> BatchEmbedder:
+    """Wrap a torch module, an ONNX path or session, or pass a ready batch function through."""
+    if isinstance(model, nn.Module):
+        return TorchEmbedder(model, amp=amp)
+    if isinstance(model, (str, os.PathLike)):
+        return OnnxEmbedder(model)
+    if type(model).__name__ == "InferenceSession":
+        return OnnxEmbedder(model)
+    if callable(model):
+        return model
+    raise TypeError(f"cannot embed with a {type(model).__name__}: pass an nn.Module, ONNX path or session")
+
+
+def shard_bounds(num_items: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Contiguous ``[start, end)`` slice of rank ``rank``; the first ``num_items % world_size`` ranks get one more."""
+    base, extra = divmod(num_items, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def extract_embeddings(
+    model: nn.Module | BatchEmbedder | str | os.PathLike,
+    images: torch.Tensor | np.ndarray,
+    batch_size: int = 256,
+    flip: bool = True,
+    shard: bool = False,
+    amp: bool = True,
+) -> EmbeddingResult:
+    """Flip-summed, L2-normalised embeddings and XNorm of uint8 ``images`` (module docstring).
+
+    ``shard=True`` must be called by every rank of the process group (it gathers); the result is
+    the same on all ranks.
+    """
+    images = _check_images(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    embedder = as_embedder(model, amp=amp)
+    module = model if isinstance(model, nn.Module) else None
+    start, end = (0, images.shape[0])
+    if shard and dist.is_distributed():
+        start, end = shard_bounds(images.shape[0], dist.world_size(), dist.rank())
+    device = getattr(embedder, "device", torch.device("cpu"))
+
+    raw_parts: list[torch.Tensor] = []
+    norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+    with eval_mode(module) if module is not None else contextlib.nullcontext():
+        for lo in range(start, end, batch_size):
+            batch = normalize_images(images[lo : min(lo + batch_size, end)].to(device, non_blocking=True))
+            out = embedder(batch).to(device)
+            norm_sum += out.double().norm(dim=1).sum()
+            if flip:
+                out_flip = embedder(torch.flip(batch, dims=[3])).to(device)
+                norm_sum += out_flip.double().norm(dim=1).sum()
+                out = out + out_flip
+            raw_parts.append(out)
+        if not raw_parts:  # a rank with an empty slice still joins the gather, with D learnt from the model
+            probe = embedder(normalize_images(images[:1].to(device)))
+            raw_parts.append(probe.new_zeros((0, probe.shape[1])))
+    raw = torch.cat(raw_parts)
+    if shard and dist.is_distributed():
+        raw = dist.gather_nograd(raw)
+        norm_sum = dist.gather_nograd(norm_sum.reshape(1)).sum()
+    views = 2 if flip else 1
+    xnorm = float(norm_sum) / (views * images.shape[0]) if images.shape[0] else float("nan")
+    raw = raw.float().cpu()
+    embeddings = torch.nn.functional.normalize(raw.double(), dim=1).float()
+    return EmbeddingResult(raw=raw, embeddings=embeddings, xnorm=xnorm)

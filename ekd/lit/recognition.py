@@ -1,0 +1,430 @@
+"""RecognitionModule: trains a face backbone with a margin head (a teacher, or a student without KD).
+
+The trained network is always ``self.student`` (checkpoint keys ``student.*``, what
+``ekd.models.load_backbone`` reads by default) and the head is ``self.recognition`` (an
+``ekd.heads.RecognitionLoss``). The loss of a step is
+
+    L = recognition_weight * CE(head(f[:R]), y[:R]) + sum_a weight_a * L_a(f, y)
+
+with ``R = recognition_rows`` (all rows when None: the EKD recipe puts cross-entropy on the first 32
+"general" rows only) and the auxiliary losses ``a`` (center, triplet) on every row of the batch.
+
+Precision. With ``fp32_losses`` (default) the head, the auxiliary losses and the distillation
+objectives run in float32 with autocast off, on float32 copies of the features: under
+'16-mixed' the fp16 cosine near 1 resolves angles to ~0.03 rad, which ArcFace's margin arithmetic
+cannot afford. The backbones still run under the Trainer's autocast.
+
+Non-finite guard (``nonfinite``). After the forward every term is checked (one device sync per
+step); under DDP the verdict is all-reduced so that every rank takes the same branch.
+- ``"stop"``: raise :class:`NonFiniteLossError` naming the global step and the offending term(s).
+  No checkpoint is written for the failed step, so the last good one stays on disk.
+- ``"skip"``: no parameter update for this step. Single process: ``training_step`` returns None
+  (Lightning skips backward). DDP: Lightning forbids returning None there, so the step returns a
+  zero loss built from the trainable parameters (every gradient is exactly 0, DDP's reducer is
+  satisfied) and :meth:`optimizer_step` then leaves the optimizer untouched (no momentum or weight
+  decay drift). BN running statistics touched by the bad forward are restored. The global step and
+  the lr schedule still advance (one batch consumed); ``train/skipped_steps`` counts the skips.
+  DDP caveats: the check costs one tiny all-reduce per step, and with ``accumulate_grad_batches > 1``
+  a bad micro-batch drops the whole accumulated update.
+
+Logged per step (``train/``): ``loss``, ``loss_recognition``, ``loss_<aux>``, ``acc`` (batch accuracy
+of the margin-free logits on the recognition rows), ``lr``, ``embedding_norm`` (mean L2 norm of the raw
+embeddings), ``skipped_steps`` (in "skip" mode). Loss terms are logged unweighted. Step values are
+this rank's (no per-step all-reduce); relational distillation terms are global anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from ekd import dist
+from ekd.heads.loss import RecognitionLoss
+from ekd.lit.optim import as_optim_config, as_schedule_config, build_optimizer, build_scheduler, param_groups
+from ekd.models import create_backbone
+from ekd.models.features import Features
+
+NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
+# Checkpoint entry with what the loaders need to know about our checkpoints (see load_class_centres).
+CHECKPOINT_META_KEY = "ekd"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or one of its terms became NaN or infinite (``nonfinite="stop"``)."""
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers (Hydra arguments) -> plain dicts/lists, so checkpoints stay torch.load-able
+    with ``weights_only=True`` and hparams print cleanly. Other values pass through."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def split_weight(name: str, spec: Mapping[str, Any] | None, default: float, what: str) -> tuple[float, dict]:
+    """``{"weight": w, **hparams}`` -> (w, hparams); the weight must be a finite number >= 0."""
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{what} {name!r}: expected a mapping {{weight: ..., <hparams>}}, got {spec!r}")
+    hparams = dict(spec)
+    weight = hparams.pop("weight", default)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{what} {name!r}: weight must be a finite number >= 0, got {weight!r}")
+    return float(weight), hparams
+
+
+def build_aux_loss(name: str, hparams: dict, embedding_size: int, num_classes: int) -> nn.Module:
+    """An auxiliary recognition loss of ``ekd.heads`` (center, triplet) called as ``loss(emb, labels)``."""
+    from ekd.heads import create_aux_loss
+
+    return create_aux_loss(name, embedding_size=embedding_size, num_classes=num_classes, **hparams)
+
+
+def load_checkpoint_file(path: str) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint on CPU with a clear error for a missing or unreadable file."""
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors have unhelpful messages on their own
+        raise ValueError(f"cannot read checkpoint {path!r} with torch.load(weights_only=True): {exc}") from exc
+
+
+def load_class_centres(checkpoint_path: str) -> torch.Tensor | None:
+    """The C x D head centres stored in one of our Lightning checkpoints; None when it has no head
+    (e.g. an insightface ``backbone.pth``, which is a plain backbone state_dict)."""
+    checkpoint = load_checkpoint_file(checkpoint_path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {checkpoint_path!r} holds no state_dict (got {type(checkpoint).__name__})")
+    meta = checkpoint.get(CHECKPOINT_META_KEY, {}) if isinstance(checkpoint, dict) else {}
+    keys = [meta["class_centres_key"]] if meta.get("class_centres_key") else list(CENTRES_KEYS)
+    for key in keys:
+        if key in state:
+            centres = state[key]
+            if not isinstance(centres, torch.Tensor) or centres.ndim != 2:
+                raise ValueError(f"checkpoint {checkpoint_path!r}: {key} is not a C x D tensor")
+            return centres.detach().float().clone()
+    if meta.get("class_centres_key"):
+        raise ValueError(f"checkpoint {checkpoint_path!r} names {meta['class_centres_key']} but lacks that key")
+    return None
+
+
+# Where RecognitionLoss keeps the centres (replicated head / sharded head, whose state_dict holds all rows).
+CENTRES_KEYS: tuple[str, ...] = ("recognition.classifier.weight", "recognition.classifier.head.weight")
+
+
+class RecognitionModule(pl.LightningModule):
+    """Backbone + margin head (+ center / triplet losses); see the module docstring.
+
+    Arguments added to the documented interface: ``recognition_weight`` (scale of the cross-entropy,
+    0 keeps it logged but untrained), ``steps_per_epoch`` (needed only when the train loader has no
+    length), ``fp32_losses`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        backbone_kwargs: dict | None = None,
+        embedding_size: int = 512,
+        head: str | None = "arcface",
+        head_kwargs: dict | None = None,
+        sharded_head: bool = False,
+        sample_rate: float = 1.0,
+        aux_losses: dict | None = None,
+        recognition_rows: int | None = None,
+        optim: Any = None,
+        schedule: Any = None,
+        channels_last: bool = False,
+        nonfinite: str = "stop",
+        recognition_weight: float = 1.0,
+        steps_per_epoch: int | None = None,
+        fp32_losses: bool = True,
+    ) -> None:
+        super().__init__()
+        # plain containers in hparams (checkpoint stays weights_only-loadable, load_from_checkpoint works)
+        backbone_kwargs = plain(backbone_kwargs) or {}
+        head_kwargs = plain(head_kwargs) or {}
+        aux_losses = plain(aux_losses) or {}
+        optim = dataclasses.asdict(as_optim_config(plain(optim)))
+        schedule = dataclasses.asdict(as_schedule_config(plain(schedule)))
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite: expected one of {list(NONFINITE_MODES)}, got {nonfinite!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if recognition_rows is not None and (
+            isinstance(recognition_rows, bool) or not isinstance(recognition_rows, int) or recognition_rows < 1
+        ):
+            raise ValueError(f"recognition_rows must be a positive int or None, got {recognition_rows!r}")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}")
+        recognition_weight, _ = split_weight("recognition", {"weight": recognition_weight}, 1.0, "loss")
+        self.save_hyperparameters()
+
+        self.student = create_backbone(backbone, embedding_size=embedding_size, **backbone_kwargs)
+        self.recognition: RecognitionLoss | None = None
+        if head is not None:
+            self.recognition = RecognitionLoss(
+                head, embedding_size, num_classes, sharded=sharded_head, sample_rate=sample_rate, **head_kwargs
+            )
+        self.aux_losses = nn.ModuleDict()
+        self.aux_weights: dict[str, float] = {}
+        for name, spec in aux_losses.items():
+            weight, hparams = split_weight(name, spec, 1.0, "aux loss")
+            self.aux_losses[name] = build_aux_loss(name, hparams, embedding_size, num_classes)
+            self.aux_weights[name] = weight
+        if channels_last:
+            self.student.to(memory_format=torch.channels_last)
+
+        self.skipped_steps = 0
+        self._skip_update = False
+        self._buffer_snapshot: list[torch.Tensor] | None = None
+        # detached values of the last logged step (for callbacks and tests)
+        self.last_logged: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------- construction
+    def has_training_signal(self) -> bool:
+        """Whether some term of the loss trains the student (checked at fit start)."""
+        return (self.recognition is not None and self.hparams.recognition_weight > 0) or any(
+            w > 0 for w in self.aux_weights.values()
+        )
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules whose parameters the optimizer updates (never a teacher)."""
+        modules: list[nn.Module] = [self.student, self.aux_losses]
+        if self.recognition is not None:
+            modules.append(self.recognition)
+        return modules
+
+    def teacher_centres_key(self) -> str | None:
+        """state_dict key of the class centres of this module's head (None without a head)."""
+        if self.recognition is None:
+            return None
+        target = self.recognition.head.weight
+        for name, param in self.named_parameters():
+            if param is target:
+                return name
+        return None  # pragma: no cover - the head weight is always a registered parameter
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and not self.has_training_signal():
+            raise ValueError(
+                f"{type(self).__name__}: nothing to train (no head with recognition_weight > 0, no weighted loss)"
+            )
+        if self.recognition is not None:
+            # a no-op unless sharded_head / sample_rate < 1 under DDP: keep this rank's rows, before
+            # configure_optimizers and before DDP wraps the module
+            self.recognition.shard_(root=self)
+
+    # -------------------------------------------------------------------------------- optimisation
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (converts epoch milestones and warm-up to steps)."""
+        if self.hparams.steps_per_epoch is not None:
+            return int(self.hparams.steps_per_epoch)
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                "the train loader has no length, so steps per epoch are unknown: pass steps_per_epoch= "
+                "to the module"
+            )
+        return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = as_optim_config(self.hparams.optim)
+        groups = param_groups(self.trainable_modules(), optim.weight_decay, optim.no_decay_norm_and_bias)
+        optimizer = build_optimizer(groups, optim)
+        total_steps = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches
+        scheduler = build_scheduler(optimizer, self.hparams.schedule, self.steps_per_epoch(), total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if optimizer_closure is None or self.hparams.nonfinite != "skip":
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # the closure runs training_step (+ backward), which decides whether this update is skipped
+        loss = optimizer_closure()
+        if self._skip_update:
+            self._skip_update = False
+            return None
+        return optimizer.step(closure=lambda: loss)
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw N x D student embeddings."""
+        return self.student(self._prepare_images(images))
+
+    def _prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _loss_dtype(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.float() if self.hparams.fp32_losses and tensor.is_floating_point() else tensor
+
+    def _autocast_off(self) -> contextlib.AbstractContextManager:
+        """Autocast disabled for the loss computations when ``fp32_losses`` (else unchanged)."""
+        if self.hparams.fp32_losses:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return contextlib.nullcontext()
+
+    def _check_batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"a training batch must be (images, labels), got {type(batch).__name__}")
+        images, labels = batch
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError(f"batch images must be an N x 3 x H x W tensor, got {getattr(images, 'shape', images)}")
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"batch labels must be a 1-D tensor with one label per image ({images.shape[0]}), "
+                f"got {getattr(labels, 'shape', labels)}"
+            )
+        rows = self.hparams.recognition_rows
+        if rows is not None and rows > images.shape[0]:
+            raise ValueError(f"recognition_rows={rows} but the batch has only {images.shape[0]} rows")
+        return images, labels.long()
+
+    def recognition_terms(
+        self, embedding: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[str, tuple[float, torch.Tensor]], dict[str, torch.Tensor]]:
+        """Weighted terms {name: (weight, value)} and metrics of the recognition side, in float32."""
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        metrics: dict[str, torch.Tensor] = {"embedding_norm": embedding.detach().norm(dim=1).mean()}
+        rows = self.hparams.recognition_rows or embedding.shape[0]
+        if self.recognition is not None:
+            loss, _ = self.recognition(embedding[:rows], labels[:rows])
+            terms["recognition"] = (self.hparams.recognition_weight, loss)
+        for name, module in self.aux_losses.items():
+            terms[name] = (self.aux_weights[name], module(embedding, labels))
+        return terms, metrics
+
+    def accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fraction of rows whose largest logit is the label."""
+        return (logits.detach().argmax(dim=1) == labels).float().mean()
+
+    def loss_terms(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[str, tuple[float, torch.Tensor]], dict[str, torch.Tensor]]:
+        """All weighted loss terms and the metrics of one batch (overridden by DistillationModule)."""
+        features = self.student.forward_features(images)
+        with self._autocast_off():
+            embedding = self._loss_dtype(features.embedding)
+            terms, metrics = self.recognition_terms(embedding, labels)
+            if self.recognition is not None:
+                rows = self.hparams.recognition_rows or embedding.shape[0]
+                with torch.no_grad():
+                    logits = self.recognition.margin_free_logits(embedding[:rows].detach())
+                metrics["acc"] = self.accuracy(logits, labels[:rows])
+        return terms, metrics
+
+    # ------------------------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        images, labels = self._check_batch(batch)
+        images = self._prepare_images(images)
+        if self.hparams.nonfinite == "skip":
+            self._snapshot_buffers()
+        terms, metrics = self.loss_terms(images, labels)
+        total = sum(weight * value for weight, value in terms.values())
+        if not self._all_finite(total, terms):
+            return self._handle_nonfinite(total, terms)
+        self._log_step(total, terms, metrics, images.shape[0])
+        return total
+
+    def _all_finite(self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]) -> bool:
+        values = torch.stack([total.detach().float()] + [v.detach().float().reshape(()) for _, v in terms.values()])
+        bad = (~torch.isfinite(values)).any().float()
+        if dist.is_distributed():
+            torch_dist.all_reduce(bad, op=torch_dist.ReduceOp.MAX)  # every rank takes the same branch
+        return not bool(bad.item())
+
+    def _handle_nonfinite(self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]) -> torch.Tensor | None:
+        bad_terms = [
+            f"{name}={float(value.detach().float())}"
+            for name, (_, value) in terms.items()
+            if not bool(torch.isfinite(value.detach()).all())
+        ]
+        if bad_terms:
+            where = ", ".join(bad_terms)
+        elif not bool(torch.isfinite(total.detach())):
+            where = f"total={float(total.detach())} (every term is finite: a weight times a huge term)"
+        else:
+            where = f"on another rank (rank {dist.rank()} is finite)"
+        if self.hparams.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): {where}. "
+                "Training stopped; the last checkpoint on disk predates this step. Lower the lr, check the "
+                "data, or use nonfinite='skip'."
+            )
+        self._restore_buffers()
+        self.skipped_steps += 1
+        self._skip_update = True
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # Lightning forbids None under DDP: zero gradients for every trainable parameter
+            params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
+            return sum((p * 0).sum() for p in params)
+        return None
+
+    def _trainable_buffers(self) -> list[torch.Tensor]:
+        return [b for m in self.trainable_modules() for b in m.buffers()]
+
+    def _snapshot_buffers(self) -> None:
+        self._buffer_snapshot = [b.detach().clone() for b in self._trainable_buffers()]
+
+    def _restore_buffers(self) -> None:
+        if self._buffer_snapshot is None:
+            return
+        with torch.no_grad():
+            for buffer, saved in zip(self._trainable_buffers(), self._buffer_snapshot):
+                buffer.copy_(saved)
+        self._buffer_snapshot = None
+
+    def _log_step(
+        self,
+        total: torch.Tensor,
+        terms: dict[str, tuple[float, torch.Tensor]],
+        metrics: dict[str, torch.Tensor],
+        batch_size: int,
+    ) -> None:
+        self.last_logged = {"loss": total.detach()}
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        for name, (_, value) in terms.items():
+            self.last_logged[f"loss_{name}"] = value.detach()
+            self.log(f"train/loss_{name}", value.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
+        for name, value in metrics.items():
+            self.last_logged[name] = value.detach()
+            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "acc",
+                     batch_size=batch_size)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
+                     prog_bar=True)
+        if self.hparams.nonfinite == "skip":
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.setdefault(CHECKPOINT_META_KEY, {})
+        meta["class_centres_key"] = self.teacher_centres_key()
+        meta["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get(CHECKPOINT_META_KEY, {}).get("skipped_steps", 0))

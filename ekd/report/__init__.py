@@ -1,0 +1,60 @@
+"""Results files of training runs and the comparison table built from them.
+
+``results.json`` (:mod:`ekd.report.results`) is what ``ekd-train`` leaves in every run directory;
+:mod:`ekd.report.table` aggregates many of them into the methods x benchmarks table, next to the
+EKD paper's numbers (``paper_tables.csv``, package data).
+"""
+
+from ekd.report.results import (
+    FORMAT,
+    RESULTS_FILE,
+    FinishedRunError,
+    ResultsError,
+    check_unfinished,
+    collect_results,
+    downsample_roc,
+    find_results,
+    load_results,
+    write_results,
+)
+from ekd.report.table import (
+    ComparisonTable,
+    Row,
+    Stat,
+    build_tables,
+    load_paper_table,
+    log_to_wandb,
+    method_label,
+    plot_bars,
+    save_tables,
+    to_csv,
+    to_latex,
+    to_markdown,
+    to_wandb_table,
+)
+
+__all__ = [
+    "FORMAT",
+    "RESULTS_FILE",
+    "ComparisonTable",
+    "FinishedRunError",
+    "ResultsError",
+    "Row",
+    "Stat",
+    "build_tables",
+    "check_unfinished",
+    "collect_results",
+    "downsample_roc",
+    "find_results",
+    "load_paper_table",
+    "load_results",
+    "log_to_wandb",
+    "method_label",
+    "plot_bars",
+    "save_tables",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+    "to_wandb_table",
+    "write_results",
+]

@@ -1,0 +1,56 @@
+"""ekd-table end to end on fabricated results files: printed table and the four output files."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from ekd.cli.table import main
+from ekd.report import write_results
+
+
+def _write(directory, method, seed, lfw, agedb):
+    write_results(
+        directory,
+        {
+            "method": method,
+            "dataset": "ms1mv2",
+            "student": "mobilefacenet",
+            "student_label": "MobileFaceNet",
+            "teacher": None if method == "none" else "iresnet50",
+            "seed": seed,
+            "metrics": {"lfw": {"accuracy": lfw}, "agedb_30": {"accuracy": agedb}},
+        },
+    )
+
+
+def test_table_from_two_sweep_dirs(tmp_path, capsys):
+    # two sweeps (seeds 0 and 1) of the same two methods
+    _write(tmp_path / "a" / "0", "none", 0, 0.9940, 0.9500)
+    _write(tmp_path / "a" / "1", "rkd", 0, 0.9950, 0.9560)
+    _write(tmp_path / "b" / "0", "none", 1, 0.9960, 0.9520)
+    _write(tmp_path / "b" / "1", "rkd", 1, 0.9970, 0.9600)
+    out = tmp_path / "table"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # no KD: LFW 99.40, 99.60 -> 99.50 +- sqrt(2 * 0.1^2) = 0.14; AgeDB 95.00, 95.20 -> 95.10 +- 0.14
+    # RKD: LFW 99.50, 99.70 -> 99.60 (+0.10); AgeDB 95.60, 96.00 -> 95.80 +- 0.28 (+0.70)
+    assert "| MobileFaceNet (no KD) | 2 | 99.50 ± 0.14 [99.52] | 95.10 ± 0.14 [95.82] |" in printed
+    assert "| RKD | 2 | 99.60 ± 0.14 (+0.10) [99.58] | 95.80 ± 0.28 (+0.70) [96.18] |" in printed
+    for suffix in ("md", "csv", "tex", "png"):
+        assert (out / f"comparison.{suffix}").stat().st_size > 0
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    avg = next(r for r in rows if r["method"] == "rkd" and r["column"] == "Avg")
+    # run averages (99.50 + 95.60) / 2 = 97.55 and (99.70 + 96.00) / 2 = 97.85; no KD 97.20 and 97.40
+    assert float(avg["mean"]) == pytest.approx(97.70, abs=1e-9)
+    assert float(avg["delta"]) == pytest.approx(97.70 - 97.30, abs=1e-9)
+
+
+def test_table_errors_are_reported(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no results.json found" in capsys.readouterr().err
+    _write(tmp_path / "r", "none", 0, 0.99, 0.95)
+    assert main([str(tmp_path), "--formats", "md,docx"]) == 2
+    assert "unknown table formats ['docx']" in capsys.readouterr().err
