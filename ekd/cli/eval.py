@@ -41,11 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ekd-eval",
         description="Verification accuracy (insightface protocol) and IJB-B/C TPR@FPR of a face model.",
     )
-    parser.add_argument("model", help="Lightning .ckpt, insightface backbone .pth/.pt (with --backbone), or .onnx")
+    parser.add_argument(
+        "model", help="Lightning .ckpt, insightface backbone .pth/.pt (with --backbone), or .onnx"
+    )
     parser.add_argument("--backbone", help="registry name of the backbone (required for a .pth state dict)")
     parser.add_argument("--embedding-size", type=int, default=None, help="embedding size (default 512)")
     parser.add_argument(
-        "--backbone-kwargs", default=None, help='JSON options for create_backbone, e.g. \'{"base_width": 32}\''
+        "--backbone-kwargs",
+        default=None,
+        help="JSON options for create_backbone, e.g. '{\"base_width\": 32}'",
     )
     parser.add_argument("--prefix", default=None, help="state-dict key prefix in a .ckpt (default: student.)")
     parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help=".bin verification files")
@@ -54,15 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--sets", default=",".join(STANDARD_SETS), help="comma-separated set names looked up in --data-root"
     )
     parser.add_argument("--allow-missing", action="store_true", help="report missing sets instead of failing")
-    parser.add_argument("--ijb", default=None, metavar="ROOT", help="IJB root (holding IJBC/meta ... or meta/)")
+    parser.add_argument(
+        "--ijb", default=None, metavar="ROOT", help="IJB root (holding IJBC/meta ... or meta/)"
+    )
     parser.add_argument("--ijb-name", default="IJBC", choices=("IJBB", "IJBC"))
-    parser.add_argument("--ijb-rule", default="nearest", choices=("nearest", "le"), help="TPR@FPR reading (IJB)")
+    parser.add_argument(
+        "--ijb-rule", default="nearest", choices=("nearest", "le"), help="TPR@FPR reading (IJB)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="image-loading workers for IJB")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--n-folds", type=int, default=10)
     parser.add_argument("--no-flip", action="store_true", help="embed the image only (no flip sum)")
-    parser.add_argument("--output", default=None, metavar="DIR", help="write eval_results.json and roc.png here")
+    parser.add_argument(
+        "--output", default=None, metavar="DIR", help="write eval_results.json and roc.png here"
+    )
     return parser
 
 
@@ -81,7 +91,7 @@ def _find_backbone_config(hparams: Any, key: str, depth: int = 0) -> Mapping | N
 
 
 def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | None, dict]:
-    """(name, embedding_size, kwargs) of the backbone recorded in a Lightning checkpoint's hyper-parameters."""
+    """(name, embedding_size, kwargs) of the backbone recorded in a checkpoint's hyper-parameters."""
     hint = "pass --backbone NAME (and --embedding-size / --backbone-kwargs when not the defaults)"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -90,7 +100,9 @@ def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | Non
     key = (prefix or "student.").rstrip(".")
     found = _find_backbone_config(ckpt.get("hyper_parameters", {}) if isinstance(ckpt, Mapping) else {}, key)
     if found is None:
-        raise SystemExit(f"ekd-eval: {path} records no '{key}' backbone config in its hyper_parameters; {hint}")
+        raise SystemExit(
+            f"ekd-eval: {path} records no '{key}' backbone config in its hyper_parameters; {hint}"
+        )
     kwargs = found.get("kwargs") or {}
     return str(found["name"]), found.get("embedding_size"), dict(kwargs)
 
@@ -117,7 +129,9 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, str
         except json.JSONDecodeError as error:
             raise SystemExit(f"ekd-eval: --backbone-kwargs is not valid JSON: {error}") from None
         if not isinstance(kwargs, dict):
-            raise SystemExit(f"ekd-eval: --backbone-kwargs must be a JSON object, got {args.backbone_kwargs!r}")
+            raise SystemExit(
+                f"ekd-eval: --backbone-kwargs must be a JSON object, got {args.backbone_kwargs!r}"
+            )
     name, embedding_size = args.backbone, args.embedding_size
     if name is None:
         if path.suffix.lower() != ".ckpt":
@@ -167,7 +181,8 @@ def print_table(results: Mapping[str, Any], missing: list[str], ijb: Mapping[str
 
     from ekd.eval.metrics import fpr_key
 
-    console = Console()
+    # a pipe or a log file gets a fixed, wide table instead of rich's 80-column default
+    console = Console(width=None if sys.stdout.isatty() else 140)
     if results:
         table = Table(title="Verification (10-fold accuracy, flip sum)")
         for column in ("set", "pairs", "acc %", "± %", "XNorm", "TPR@1e-3 %", "TPR@1e-4 %", "AUC %", "EER %"):

@@ -6,8 +6,6 @@ anything) registers, once per process:
 - the typed base of the primary config, ``train_schema`` (:class:`TrainConfig`), in Hydra's ConfigStore;
 - every ``experiments/**/*.yaml`` of the source tree as the config group ``experiment`` (see
   :func:`register_experiments` for why this is done here rather than through ``hydra.searchpath``);
-- the plugin launcher schemas under private names (``_submitit_slurm_base`` ...) so the launcher files
-  in ``conf/hydra/launcher/`` can extend them while keeping the plugins' option names;
 - the OmegaConf resolver ``${ekd.uid:}``, a short per-process id that keeps output directories of
   jobs started in the same second apart.
 """
@@ -101,23 +99,6 @@ def register_experiments(directory: Path = EXPERIMENTS_DIR) -> list[str]:
     return names
 
 
-def _register_launcher_bases(store: ConfigStore) -> None:
-    """Expose the launcher plugins' schemas as ``hydra/launcher/_<name>_base`` (plugins are optional)."""
-    try:
-        from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
-    except ImportError:
-        pass
-    else:
-        store.store(group="hydra/launcher", name="_submitit_slurm_base", node=SlurmQueueConf, provider="ekd")
-        store.store(group="hydra/launcher", name="_submitit_local_base", node=LocalQueueConf, provider="ekd")
-    try:
-        from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
-    except ImportError:
-        pass
-    else:
-        store.store(group="hydra/launcher", name="_joblib_base", node=JobLibLauncherConf, provider="ekd")
-
-
 _registered = False
 
 
@@ -128,7 +109,6 @@ def register_configs() -> None:
         return
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig, provider="ekd")
-    _register_launcher_bases(store)
     register_experiments()
     if not OmegaConf.has_resolver("ekd.uid"):
         OmegaConf.register_new_resolver("ekd.uid", run_uid)

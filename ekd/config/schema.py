@@ -220,7 +220,6 @@ class TrainConfig:
 
     # row label in results tables: ``${distill.method}`` unless an experiment says otherwise ("teacher")
     method: str = "${distill.method}"
-    experiment: Optional[str] = None  # name of the experiment file (set by each experiments/*.yaml)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     student: BackboneConfig = field(default_factory=BackboneConfig)  # the network being trained

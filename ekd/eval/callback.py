@@ -83,7 +83,9 @@ class VerificationCallback(pl.Callback):
             self.sets = dict(getter())
         for name, value in self.sets.items():
             if not (isinstance(value, (tuple, list)) and len(value) == 2):
-                raise ValueError(f"verification set {name!r} must be (uint8 images, issame), got {type(value).__name__}")
+                raise ValueError(
+                    f"verification set {name!r} must be (uint8 images, issame), got {type(value).__name__}"
+                )
         return self.sets
 
     def _backbone(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -104,13 +106,19 @@ class VerificationCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step_evaluated:
+        if (
+            self.every_n_steps
+            and step > 0
+            and step % self.every_n_steps == 0
+            and step != self._last_step_evaluated
+        ):
             self.evaluate(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            if trainer.global_step != self._last_step_evaluated:
-                self.evaluate(trainer, pl_module)
+        due = self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        # a step evaluation that just ran for this very step is not repeated at the epoch end
+        if due and trainer.global_step != self._last_step_evaluated:
+            self.evaluate(trainer, pl_module)
 
     # -- work ----------------------------------------------------------------------------------
 
@@ -124,7 +132,9 @@ class VerificationCallback(pl.Callback):
             emb = extract_embeddings(
                 backbone, images, batch_size=self.batch_size, flip=self.flip, shard=dist.is_distributed()
             )
-            results[name] = verify(emb.embeddings, issame, n_folds=self.n_folds, fprs=self.fprs, xnorm=emb.xnorm)
+            results[name] = verify(
+                emb.embeddings, issame, n_folds=self.n_folds, fprs=self.fprs, xnorm=emb.xnorm
+            )
 
         logged: dict[str, float] = {}
         for name, res in results.items():

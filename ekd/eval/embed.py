@@ -86,7 +86,7 @@ def _module_device(module: nn.Module) -> torch.device:
 class TorchEmbedder:
     """Runs a torch backbone on normalised batches: no_grad, autocast + channels_last on CUDA.
 
-    The module itself is left as it is (no memory-format or dtype change); the caller sets eval mode
+    A batch whose autocast output is not finite is recomputed in fp32. The module itself is left as it is (no memory-format or dtype change); the caller sets eval mode
     (``extract_embeddings`` does).
     """
 
@@ -102,17 +102,23 @@ class TorchEmbedder:
         if self.device.type == "cuda":
             # NHWC input lets cuDNN pick its channels-last kernels for every conv that follows
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            out = self.module(batch)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+        out = self._forward(batch, self.amp)
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
                 f"{type(self.module).__name__} must return N x D embeddings for an input of "
                 f"{batch.shape[0]} images, got {shape}"
             )
+        if self.amp and not bool(torch.isfinite(out).all()):
+            # fp16 overflows where activations exceed 65504 (e.g. untrained deep nets in eval mode):
+            # that batch is recomputed in fp32 rather than returned as inf/NaN
+            out = self._forward(batch, False)
         return out.float()
+
+    def _forward(self, batch: torch.Tensor, amp: bool) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=amp):
+            out = self.module(batch)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class OnnxEmbedder:
@@ -177,7 +183,7 @@ def as_embedder(model: nn.Module | BatchEmbedder | str | os.PathLike, amp: bool 
 
 
 def shard_bounds(num_items: int, world_size: int, rank: int) -> tuple[int, int]:
-    """Contiguous ``[start, end)`` slice of rank ``rank``; the first ``num_items % world_size`` ranks get one more."""
+    """Contiguous ``[start, end)`` slice of ``rank``; the first ``num_items % world_size`` get one more."""
     base, extra = divmod(num_items, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)

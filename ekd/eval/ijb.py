@@ -62,7 +62,9 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
-        raise ValueError(f"umeyama needs two K x 2 point sets (K >= 2) of equal shape, got {src.shape}, {dst.shape}")
+        raise ValueError(
+            f"umeyama needs two K x 2 point sets (K >= 2) of equal shape, got {src.shape}, {dst.shape}"
+        )
     n, dim = src.shape
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_c, dst_c = src - src_mean, dst - dst_mean
@@ -167,7 +169,9 @@ def _read_rows(path: Path, min_fields: int, what: str) -> list[list[str]]:
             if not fields:
                 continue
             if len(fields) != min_fields:
-                raise ValueError(f"{path}:{line_no}: expected {min_fields} fields ({what}), got {len(fields)}: {line!r}")
+                raise ValueError(
+                    f"{path}:{line_no}: expected {min_fields} fields ({what}), got {len(fields)}: {line!r}"
+                )
             rows.append(fields)
     if not rows:
         raise ValueError(f"IJB meta file {path} is empty (expected {what})")
@@ -225,7 +229,9 @@ def read_ijb_meta(root: str | os.PathLike, name: str = "IJBC") -> IJBMeta:
     t1, t2 = _ints(pair_rows, 0, pair_path), _ints(pair_rows, 1, pair_path)
     unknown = np.setdiff1d(np.union1d(t1, t2), templates)
     if unknown.size:
-        raise ValueError(f"{pair_path} refers to templates with no image in {tid_path}: {unknown[:10].tolist()}")
+        raise ValueError(
+            f"{pair_path} refers to templates with no image in {tid_path}: {unknown[:10].tolist()}"
+        )
     return IJBMeta(
         root=base,
         name=name,

@@ -55,7 +55,8 @@ def _check_scores(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
     scores_arr = np.asarray(scores, dtype=np.float64)
     if labels_arr.ndim != 1 or scores_arr.ndim != 1 or labels_arr.shape != scores_arr.shape:
         raise ValueError(
-            f"labels and scores must be 1-D of equal length, got shapes {labels_arr.shape} and {scores_arr.shape}"
+            "labels and scores must be 1-D of equal length, got shapes "
+            f"{labels_arr.shape} and {scores_arr.shape}"
         )
     if labels_arr.dtype != bool:
         unique = np.unique(labels_arr)

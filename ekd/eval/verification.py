@@ -62,23 +62,40 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / norms[:, None]
 
 
-def pair_distances(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Squared L2 distance of each pair (rows 2i, 2i+1) after L2 normalisation, float64."""
-    emb = _as_float64(embeddings)
-    emb = l2_normalize(emb)
-    return np.sum(np.square(emb[0::2] - emb[1::2]), axis=1)
+def pair_distances(embeddings: np.ndarray | torch.Tensor, chunk: int = 1024) -> np.ndarray:
+    """Squared L2 distance of each pair (rows 2i, 2i+1) after L2 normalisation, in float64.
+
+    Works through ``chunk`` pairs at a time so the temporaries stay in cache (the arithmetic per
+    pair, and so the result, does not depend on the chunking).
+    """
+    emb = _check_embeddings(embeddings)
+    num_pairs = emb.shape[0] // 2
+    out = np.empty(num_pairs, dtype=np.float64)
+    for start in range(0, num_pairs, chunk):
+        rows = np.asarray(emb[2 * start : 2 * min(start + chunk, num_pairs)], dtype=np.float64)
+        if not np.all(np.isfinite(rows)):
+            bad = int(np.argwhere(~np.isfinite(rows))[0, 0]) + 2 * start
+            raise ValueError(f"embeddings contain non-finite values (first in row {bad})")
+        normed = l2_normalize(rows)
+        out[start : start + chunk] = np.sum(np.square(normed[0::2] - normed[1::2]), axis=1)
+    return out
 
 
-def _as_float64(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+def _check_embeddings(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(embeddings, torch.Tensor):
-        embeddings = embeddings.detach().to("cpu", torch.float64).numpy()
-    emb = np.asarray(embeddings, dtype=np.float64)
+        embeddings = embeddings.detach().cpu()
+        if not embeddings.is_floating_point() or embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.double()
+        embeddings = embeddings.numpy()
+    emb = np.asarray(embeddings)
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be 2N x D, got shape {emb.shape}")
     if emb.shape[0] % 2:
         raise ValueError(f"embeddings must have an even number of rows (pairs 2i, 2i+1), got {emb.shape[0]}")
-    if not np.all(np.isfinite(emb)):
-        raise ValueError(f"embeddings contain {int(np.sum(~np.isfinite(emb)))} non-finite values")
+    if emb.shape[0] == 0:
+        raise ValueError("embeddings are empty: need at least one pair")
+    if not np.issubdtype(emb.dtype, np.number):
+        raise ValueError(f"embeddings must be numeric, got dtype {emb.dtype}")
     return emb
 
 
@@ -161,18 +178,7 @@ def verify(
         same = same.astype(bool)
     diff = ~same
     bounds = kfold_bounds(dist.size, n_folds)
-    fold_sizes = np.array([end - start for start, end in bounds], dtype=np.int64)
-
-    # accuracy: correct(t) = #same with d < t + #diff with d >= t
-    same_below = _fold_counts_below(dist, same, bounds, ACCURACY_THRESHOLDS)
-    diff_below = _fold_counts_below(dist, diff, bounds, ACCURACY_THRESHOLDS)
-    diff_total = np.array([diff[s:e].sum() for s, e in bounds], dtype=np.int64)[:, None]
-    correct = same_below + (diff_total - diff_below)
-    train_correct, test_correct = _folds_train_test(correct, n_folds)
-    # the train size is constant per fold, so argmax over counts = argmax over accuracies (first max)
-    best = np.argmax(train_correct, axis=1)
-    fold_acc = test_correct[np.arange(n_folds), best] / fold_sizes
-
+    fold_acc, best = fold_accuracies(dist, same, n_folds)
     val, val_std, far = _val_at_far(dist, same, bounds, VAL_FAR_TARGET)
 
     similarity = 1.0 - dist / 2.0  # cosine of the normalised pair, monotone in -distance
@@ -195,6 +201,26 @@ def verify(
         roc_fpr=roc.fpr,
         roc_tpr=roc.tpr,
     )
+
+
+def fold_accuracies(dist: np.ndarray, issame: np.ndarray, n_folds: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out accuracy of each fold and the index into ``ACCURACY_THRESHOLDS`` chosen for it.
+
+    ``dist``: squared distances of the N pairs; ``issame``: N booleans (steps 2-4 of the protocol).
+    """
+    same = np.asarray(issame, dtype=bool)
+    diff = ~same
+    bounds = kfold_bounds(dist.size, n_folds)
+    fold_sizes = np.array([end - start for start, end in bounds], dtype=np.int64)
+    # correct(t) = #same with d < t + #diff with d >= t, per fold and threshold
+    same_below = _fold_counts_below(dist, same, bounds, ACCURACY_THRESHOLDS)
+    diff_below = _fold_counts_below(dist, diff, bounds, ACCURACY_THRESHOLDS)
+    diff_total = np.array([diff[s:e].sum() for s, e in bounds], dtype=np.int64)[:, None]
+    correct = same_below + (diff_total - diff_below)
+    train_correct, test_correct = _folds_train_test(correct, n_folds)
+    # the train size is constant per fold, so argmax over counts = argmax over accuracies (first max)
+    best = np.argmax(train_correct, axis=1)
+    return test_correct[np.arange(n_folds), best] / fold_sizes, best
 
 
 def interpolate_threshold(far: np.ndarray, thresholds: np.ndarray, far_target: float) -> float:
@@ -221,7 +247,9 @@ def _val_at_far(
     vals, fars = np.empty(n_folds), np.empty(n_folds)
     for k, (start, end) in enumerate(bounds):
         with np.errstate(invalid="ignore", divide="ignore"):
-            far_train = train_below[k] / train_total[k] if train_total[k] else np.full(VAL_THRESHOLDS.size, np.nan)
+            far_train = (
+                train_below[k] / train_total[k] if train_total[k] else np.full(VAL_THRESHOLDS.size, np.nan)
+            )
         threshold = interpolate_threshold(far_train, VAL_THRESHOLDS, far_target)
         accepted = dist[start:end] < threshold
         n_same, n_diff = same[start:end].sum(), diff[start:end].sum()

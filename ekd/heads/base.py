@@ -39,7 +39,9 @@ def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 def check_labels(labels: torch.Tensor, batch: int, num_rows: int, allow_missing: bool) -> None:
     """Raise a clear error on labels of the wrong shape, dtype or range."""
     if labels.dim() != 1 or labels.shape[0] != batch:
-        raise ValueError(f"labels must be a 1-D tensor of length {batch} (the batch), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be a 1-D tensor of length {batch} (the batch), got shape {tuple(labels.shape)}"
+        )
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.numel() == 0:
@@ -47,7 +49,9 @@ def check_labels(labels: torch.Tensor, batch: int, num_rows: int, allow_missing:
     low = -1 if allow_missing else 0
     lo, hi = int(labels.min()), int(labels.max())
     if lo < low or hi >= num_rows:
-        raise ValueError(f"labels must lie in [{low}, {num_rows - 1}] (number of classes {num_rows}), got [{lo}, {hi}]")
+        raise ValueError(
+            f"labels must lie in [{low}, {num_rows - 1}] (number of classes {num_rows}), got [{lo}, {hi}]"
+        )
 
 
 class Head(nn.Module):
@@ -143,5 +147,7 @@ def create(name: str, embedding_size: int, num_classes: int, **hparams) -> Head:
     ][3:]  # drop self, embedding_size, num_classes
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
-        raise ValueError(f"recognition head {name!r} has no hyper-parameter(s) {unknown}; it accepts {accepted}")
+        raise ValueError(
+            f"recognition head {name!r} has no hyper-parameter(s) {unknown}; it accepts {accepted}"
+        )
     return cls(embedding_size, num_classes, **hparams)

@@ -25,7 +25,9 @@ from ekd.heads.base import check_labels
 class CenterLoss(nn.Module):
     """0.5 ||x - c_y||^2 with centres updated by Wen et al.'s rule at rate ``alpha`` (module docstring)."""
 
-    def __init__(self, embedding_size: int, num_classes: int, alpha: float = 0.5, reduction: str = "mean") -> None:
+    def __init__(
+        self, embedding_size: int, num_classes: int, alpha: float = 0.5, reduction: str = "mean"
+    ) -> None:
         super().__init__()
         if not (0.0 <= alpha <= 1.0):
             raise ValueError(f"center loss: alpha must lie in [0, 1], got {alpha!r}")
@@ -38,7 +40,8 @@ class CenterLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
-                f"center loss expects embeddings of shape N x {self.embedding_size}, got {tuple(embeddings.shape)}"
+                f"center loss expects embeddings of shape N x {self.embedding_size}, "
+                f"got {tuple(embeddings.shape)}"
             )
         check_labels(labels, embeddings.shape[0], self.num_classes, allow_missing=False)
         labels = labels.long()

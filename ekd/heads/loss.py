@@ -56,7 +56,9 @@ class RecognitionLoss(nn.Module):
             self.classifier.shard_(root)
         return self
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean cross-entropy, logits with margin) — logits are None when sharded."""
         if isinstance(self.classifier, ShardedClassifier):
             return self.classifier(embeddings, labels), None
@@ -77,7 +79,7 @@ class RecognitionLoss(nn.Module):
 
     @torch.no_grad()
     def set_centres(self, centres: torch.Tensor, freeze: bool = False) -> None:
-        """Copy C x D centres into the head (this rank's rows when sharded); ``freeze`` stops their training."""
+        """Copy C x D centres into the head (this rank's rows when sharded); ``freeze``: no training."""
         if centres.shape != (self.num_classes, self.embedding_size):
             raise ValueError(
                 f"centres must have shape ({self.num_classes}, {self.embedding_size}) (classes x embedding), "

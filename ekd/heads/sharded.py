@@ -45,7 +45,9 @@ from ekd.heads.base import Head, check_labels, create
 def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
     """(first row, number of rows) of rank ``rank``'s shard of ``num_classes`` centres."""
     if num_classes < world_size:
-        raise ValueError(f"cannot shard {num_classes} classes over {world_size} ranks: need at least one per rank")
+        raise ValueError(
+            f"cannot shard {num_classes} classes over {world_size} ranks: need at least one per rank"
+        )
     base, extra = divmod(num_classes, world_size)
     return base * rank + min(rank, extra), base + (1 if rank < extra else 0)
 
@@ -189,7 +191,8 @@ class ShardedClassifier(nn.Module):
         self._check_ready()
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(
-                f"sharded head expects embeddings of shape N x {self.embedding_size}, got {tuple(embeddings.shape)}"
+                f"sharded head expects embeddings of shape N x {self.embedding_size}, "
+                f"got {tuple(embeddings.shape)}"
             )
         check_labels(labels, embeddings.shape[0], self.num_classes, allow_missing=False)
         all_embeddings = dist.gather_with_grad(embeddings)
@@ -249,7 +252,9 @@ def _qualified_name(root: nn.Module, target: nn.Module) -> str:
     raise ValueError("shard_(root=...): the sharded classifier is not a submodule of the given root module")
 
 
-def _full_centres_state_dict_hook(module: ShardedClassifier, state_dict: dict, prefix: str, local_metadata) -> None:
+def _full_centres_state_dict_hook(
+    module: ShardedClassifier, state_dict: dict, prefix: str, local_metadata
+) -> None:
     # a collective: every rank must call state_dict() (Lightning's checkpointing does)
     if not module.is_sharded:
         return
@@ -260,7 +265,14 @@ def _full_centres_state_dict_hook(module: ShardedClassifier, state_dict: dict, p
 
 
 def _local_slice_load_hook(
-    module: ShardedClassifier, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    module: ShardedClassifier,
+    state_dict,
+    prefix,
+    local_metadata,
+    strict,
+    missing_keys,
+    unexpected_keys,
+    error_msgs,
 ) -> None:
     for name in ("weight", "bias"):
         key = f"{prefix}head.{name}"
@@ -269,7 +281,8 @@ def _local_slice_load_hook(
             continue
         if value.shape[0] != module.num_classes:
             error_msgs.append(
-                f"{key}: expected the full centres with {module.num_classes} rows, got shape {tuple(value.shape)}"
+                f"{key}: expected the full centres with {module.num_classes} rows, "
+                f"got shape {tuple(value.shape)}"
             )
             continue
         state_dict[key] = value[module.class_start : module.class_start + module.num_local]

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,11 +92,24 @@ def split_weight(name: str, spec: Mapping[str, Any] | None, default: float, what
     return float(weight), hparams
 
 
-def build_aux_loss(name: str, hparams: dict, embedding_size: int, num_classes: int) -> nn.Module:
-    """An auxiliary recognition loss of ``ekd.heads`` (center, triplet) called as ``loss(emb, labels)``."""
-    from ekd.heads import create_aux_loss
+AUX_LOSSES: dict[str, str] = {"center": "CenterLoss", "triplet": "TripletLoss"}
 
-    return create_aux_loss(name, embedding_size=embedding_size, num_classes=num_classes, **hparams)
+
+def build_aux_loss(name: str, hparams: dict, embedding_size: int, num_classes: int) -> nn.Module:
+    """An auxiliary loss of ``ekd.heads`` (``center``: CenterLoss, ``triplet``: TripletLoss), called as
+    ``loss(embeddings, labels)``; ``embedding_size`` / ``num_classes`` are passed where it takes them."""
+    import ekd.heads
+
+    if name not in AUX_LOSSES:
+        raise ValueError(f"aux_losses: unknown auxiliary loss {name!r}; known: {', '.join(sorted(AUX_LOSSES))}")
+    cls = getattr(ekd.heads, AUX_LOSSES[name])
+    accepted = inspect.signature(cls.__init__).parameters
+    sizes = {"embedding_size": embedding_size, "num_classes": num_classes}
+    kwargs = {k: v for k, v in sizes.items() if k in accepted}
+    try:
+        return cls(**kwargs, **hparams)
+    except TypeError as exc:
+        raise ValueError(f"aux_losses.{name}: bad hyper-parameters {sorted(hparams)}: {exc}") from exc
 
 
 def load_checkpoint_file(path: str) -> dict[str, Any]:
@@ -242,6 +257,8 @@ class RecognitionModule(pl.LightningModule):
         if self.hparams.steps_per_epoch is not None:
             return int(self.hparams.steps_per_epoch)
         trainer = self.trainer
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # what estimated_stepping_batches does, but also for max_epochs=-1
         batches = trainer.num_training_batches
         if not math.isfinite(batches):
             raise ValueError(
@@ -254,8 +271,16 @@ class RecognitionModule(pl.LightningModule):
         optim = as_optim_config(self.hparams.optim)
         groups = param_groups(self.trainable_modules(), optim.weight_decay, optim.no_decay_norm_and_bias)
         optimizer = build_optimizer(groups, optim)
-        total_steps = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches
-        scheduler = build_scheduler(optimizer, self.hparams.schedule, self.steps_per_epoch(), total_steps)
+        schedule = as_schedule_config(self.hparams.schedule)
+        steps_per_epoch = self.steps_per_epoch()
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            if schedule.name in ("poly", "cosine"):
+                raise ValueError(
+                    f"schedule {schedule.name!r} decays over the whole run: set the Trainer's max_steps or max_epochs"
+                )
+            total = sys.maxsize  # step / constant schedules never look at the end of the run
+        scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
@@ -378,7 +403,7 @@ class RecognitionModule(pl.LightningModule):
         self.skipped_steps += 1
         self._skip_update = True
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if dist.is_distributed():
             # Lightning forbids None under DDP: zero gradients for every trainable parameter
             params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
             return sum((p * 0).sum() for p in params)

@@ -107,7 +107,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        _run_exporter(_EmbeddingOnly(model), dummy, path, opset)
+        _run_exporter(_EmbeddingOnly(model).eval(), dummy, path, opset)
     finally:
         model.train(was_training)
     _write_metadata(path, model)

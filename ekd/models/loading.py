@@ -26,6 +26,8 @@ import hashlib
 import importlib
 import os
 import pickle
+import re
+import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,7 +118,20 @@ def _is_safe_global(qualified: str) -> bool:
     return isinstance(obj, type) or (qualified.startswith("typing.") and obj is not None)
 
 
+# torch.save's legacy (pre-1.6) format starts with this pickled magic number; the current one is a zip
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+
+
+def _is_torch_file(path: Path) -> bool:
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as handle:
+        return handle.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> object:
+    if not _is_torch_file(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip nor its legacy format)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -143,7 +158,9 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
         allowed = [_resolve_global(name) for name in needed]
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
-    shown = ", ".join(unsafe[:SHOW_FIRST]) if unsafe else str(weights_only_error).splitlines()[-1][:300]
+    if not needed:  # legacy files cannot be scanned: take the global torch names in its message
+        unsafe = re.findall(r"GLOBAL ([\w.]+)", str(weights_only_error))
+    shown = ", ".join(unsafe[:SHOW_FIRST]) or "objects torch's safe loader rejects"
     raise CheckpointError(
         f"{path} pickles Python objects beyond tensors and containers ({shown}); if it is a whole model "
         "saved with torch.save(model) or another trusted file, load it with trust_pickle=True (this "
@@ -242,8 +259,10 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
         if unexpected:
             lines.append(f"  {len(unexpected)} unexpected keys: {_listing(unexpected)}")
         if shapes:
-            items = [f"{k}: checkpoint {c} vs model {m}" for k, (c, m) in shapes.items()]
-            lines.append(f"  {len(shapes)} shape mismatches: {_listing(items)}")
+            lines.append(f"  {len(shapes)} shape mismatches:")
+            lines += [f"    {k}: checkpoint {c} vs model {m}" for k, (c, m) in list(shapes.items())[:SHOW_FIRST]]
+            if len(shapes) > SHOW_FIRST:
+                lines.append(f"    ... and {len(shapes) - SHOW_FIRST} more")
         lines.append(f"  checkpoint key prefixes: {_top_level_prefixes(state) or 'none'}")
         raise CheckpointMismatchError("\n".join(lines), missing, unexpected, shapes)
     complete = dict(state)

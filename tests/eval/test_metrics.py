@@ -100,7 +100,14 @@ def test_invariant_to_monotone_score_transform():
 
 
 def test_fpr_key():
-    assert [metrics.fpr_key(f) for f in metrics.FPR_TARGETS] == ["1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6"]
+    assert [metrics.fpr_key(f) for f in metrics.FPR_TARGETS] == [
+        "1e-1",
+        "1e-2",
+        "1e-3",
+        "1e-4",
+        "1e-5",
+        "1e-6",
+    ]
 
 
 def test_bad_input_is_reported():

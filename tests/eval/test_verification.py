@@ -111,7 +111,9 @@ def test_val_at_far_matches_loop_reference(n_pairs):
 
 
 def test_kfold_bounds_like_sklearn():
-    assert kfold_bounds(503, 10) == [(0, 51), (51, 102), (102, 153)] + [(153 + 50 * i, 203 + 50 * i) for i in range(7)]
+    assert kfold_bounds(503, 10) == [(0, 51), (51, 102), (102, 153)] + [
+        (153 + 50 * i, 203 + 50 * i) for i in range(7)
+    ]
     assert kfold_bounds(6000, 10)[-1] == (5400, 6000)
     assert kfold_bounds(10, 10) == [(i, i + 1) for i in range(10)]
     with pytest.raises(ValueError, match="cannot split 9 pairs into 10 folds"):
@@ -121,7 +123,9 @@ def test_kfold_bounds_like_sklearn():
 def test_interpolate_threshold_handles_duplicate_far():
     far = np.array([0.0, 0.0, 0.001, 0.002, 0.002, 0.004])
     thresholds = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
-    assert interpolate_threshold(far, thresholds, 0.003) == pytest.approx(4.0)  # between (.002, 3) and (.004, 5)
+    assert interpolate_threshold(far, thresholds, 0.003) == pytest.approx(
+        4.0
+    )  # between (.002, 3) and (.004, 5)
     assert interpolate_threshold(far, thresholds, 0.001) == pytest.approx(2.0)
     assert interpolate_threshold(far, thresholds, 0.01) == 0.0  # target never reached
 
@@ -179,7 +183,15 @@ def test_to_dict_is_json_ready():
     data = verify(emb, issame, xnorm=12.5).to_dict()
     text = json.dumps(data, allow_nan=False)
     assert '"1e-4": null' in text and data["xnorm"] == 12.5
-    assert set(data) >= {"accuracy", "accuracy_std", "fold_accuracies", "best_thresholds", "tpr_at_fpr", "auc", "eer"}
+    assert set(data) >= {
+        "accuracy",
+        "accuracy_std",
+        "fold_accuracies",
+        "best_thresholds",
+        "tpr_at_fpr",
+        "auc",
+        "eer",
+    }
 
 
 def test_bad_input_is_reported():

@@ -146,7 +146,9 @@ def test_recognition_loss_is_cross_entropy_on_head_logits():
     target[np.arange(6), labels] -= 0.2
     assert loss.item() == pytest.approx(_np_cross_entropy(16 * target, labels), rel=1e-12)
     np.testing.assert_allclose(logits.detach().numpy(), 16 * target, rtol=1e-12)
-    np.testing.assert_allclose(loss_fn.margin_free_logits(torch.tensor(x)).detach().numpy(), 16 * cos, rtol=1e-12)
+    np.testing.assert_allclose(
+        loss_fn.margin_free_logits(torch.tensor(x)).detach().numpy(), 16 * cos, rtol=1e-12
+    )
     torch.testing.assert_close(loss_fn.centres(), torch.tensor(w))
     loss_fn.set_centres(torch.tensor(w), freeze=True)
     assert not loss_fn.head.weight.requires_grad

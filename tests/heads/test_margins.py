@@ -109,7 +109,9 @@ def test_arcface_target_logit_including_the_branch_past_pi_minus_m():
     expected = []
     for t in thetas:
         c = math.cos(t)
-        expected.append(64 * (math.cos(t + m) if c > math.cos(math.pi - m) else c - m * math.sin(math.pi - m)))
+        expected.append(
+            64 * (math.cos(t + m) if c > math.cos(math.pi - m) else c - m * math.sin(math.pi - m))
+        )
     np.testing.assert_allclose(got, expected, rtol=1e-9)
     # the last two are past the threshold: cos theta - m sin m, strictly below cos(pi) = -1 there
     assert got[3] < -64 and got[4] < got[3]

@@ -164,7 +164,7 @@ def test_sharded_margin_free_logits_centres_and_checkpoints(gloo_results):
 @pytest.mark.ddp
 def test_sharded_sampling_keeps_every_positive(gloo_results):
     global_labels = {2, 25, 31, 7, 39}
-    for rank, result in enumerate(gloo_results):
+    for result in gloo_results:
         start, index = result["sampled"]
         local_positives = {y - start for y in global_labels if start <= y < start + 20}
         assert len(index) == max(2, len(local_positives))  # ceil(0.1 * 20) = 2

@@ -1,0 +1,98 @@
+"""Teacher class prototypes: means on a hand-made loader, eval mode, errors, the fingerprinted cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ekd.distill.prototypes import compute_class_prototypes, load_or_compute_prototypes
+
+
+class Recorder(nn.Module):
+    """Identity 'teacher' on 2-d vectors that records the mode it ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return x * 1.0
+
+
+class Forbidden(nn.Module):
+    def forward(self, x):
+        raise AssertionError("the teacher must not run on a cache hit")
+
+
+# class 0: (3, 0) and (0, 5) -> mean of units (0.5, 0.5) -> (1, 1) / sqrt 2; class 1: (0, -2) -> (0, -1);
+# class 2: (1, 1), (2, 2), (-1, 0) -> mean of units (sqrt2 - 1, sqrt2) / 3 -> normalised
+BATCHES = [
+    (torch.tensor([[3.0, 0.0], [0.0, -2.0], [1.0, 1.0]]), torch.tensor([0, 1, 2])),
+    (torch.tensor([[0.0, 5.0], [2.0, 2.0], [-1.0, 0.0]]), torch.tensor([0, 2, 2])),
+]
+
+
+def expected() -> torch.Tensor:
+    r = 1 / math.sqrt(2)
+    c2 = torch.tensor([2 * r - 1, 2 * r], dtype=torch.float64)
+    return torch.stack(
+        [torch.tensor([r, r], dtype=torch.float64), torch.tensor([0.0, -1.0], dtype=torch.float64), c2 / c2.norm()]
+    ).float()
+
+
+def test_means_of_normalised_embeddings_in_eval_mode():
+    teacher = Recorder().train()
+    protos = compute_class_prototypes(teacher, BATCHES, num_classes=3)
+    assert protos.dtype == torch.float32 and protos.shape == (3, 2)
+    assert torch.allclose(protos, expected(), atol=1e-7)
+    assert teacher.modes == [False, False] and teacher.training  # eval during the pass, mode restored
+
+
+def test_mapping_batches_and_extra_items():
+    dict_batches = [{"image": x, "label": y, "index": torch.arange(3)} for x, y in BATCHES]
+    assert torch.allclose(compute_class_prototypes(Recorder(), dict_batches, 3), expected(), atol=1e-7)
+    tuple_batches = [(x, y, "extra") for x, y in BATCHES]
+    assert torch.allclose(compute_class_prototypes(Recorder(), tuple_batches, 3), expected(), atol=1e-7)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"2 of 5 classes have no image in the loader \(classes 3, 4\)"):
+        compute_class_prototypes(Recorder(), BATCHES, num_classes=5)
+    with pytest.raises(ValueError, match=r"batch 0 has labels in \[0, 2\], outside \[0, 2\)"):
+        compute_class_prototypes(Recorder(), BATCHES, num_classes=2)
+    with pytest.raises(ValueError, match="no batch"):
+        compute_class_prototypes(Recorder(), [], num_classes=2)
+    with pytest.raises(ValueError, match="keys"):
+        compute_class_prototypes(Recorder(), [{"x": 1}], num_classes=2)
+
+
+def test_cache_miss_hit_refusal_and_overwrite(tmp_path):
+    path = tmp_path / "cache" / "protos.pt"
+    first = load_or_compute_prototypes(path, "teacher-abc|ds-1", Recorder(), BATCHES, 3)
+    assert path.exists() and torch.allclose(first, expected(), atol=1e-7)
+    hit = load_or_compute_prototypes(path, "teacher-abc|ds-1", Forbidden(), BATCHES, 3)
+    assert torch.equal(hit, first)
+    with pytest.raises(ValueError, match=r"made for fingerprint 'teacher-abc\|ds-1'.*'teacher-xyz\|ds-1'.*overwrite"):
+        load_or_compute_prototypes(path, "teacher-xyz|ds-1", Forbidden(), BATCHES, 3)
+    # overwrite: recomputed with the new teacher (negated embeddings) and the file now carries the new key
+    negating = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        negating.weight.copy_(-torch.eye(2))
+    redone = load_or_compute_prototypes(path, "teacher-xyz|ds-1", negating, BATCHES, 3, overwrite=True)
+    assert torch.allclose(redone, -expected(), atol=1e-6)
+    again = load_or_compute_prototypes(path, "teacher-xyz|ds-1", Forbidden(), BATCHES, 3)
+    assert torch.equal(again, redone)
+
+
+def test_corrupt_cache_is_named(tmp_path):
+    path = tmp_path / "protos.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=f"prototypes cache {path} is not a readable"):
+        load_or_compute_prototypes(path, "fp", Forbidden(), BATCHES, 3)
+    torch.save({"something": 1}, path)
+    with pytest.raises(ValueError, match="is not a ekd.prototypes/1 file"):
+        load_or_compute_prototypes(path, "fp", Forbidden(), BATCHES, 3)

@@ -1,0 +1,160 @@
+"""Flip-sum embedding extraction: closed-form check, XNorm, eval-mode handling, ONNX parity, sharding."""
+
+import numpy as np
+import pytest
+import torch
+
+from ekd.eval.embed import OnnxEmbedder, extract_embeddings, normalize_images, shard_bounds
+from ekd.eval.verification import verify
+from tests.eval.helpers import LinearNet, TinyConvNet, random_pair_images
+
+
+def test_flip_sum_and_xnorm_of_linear_model_by_hand():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(5, 3 * 4 * 6)) / 10
+    images = rng.integers(0, 256, size=(7, 3, 4, 6), dtype=np.uint8)
+    result = extract_embeddings(LinearNet(weight.astype(np.float32)), images, batch_size=3)
+
+    x = (images.astype(np.float64) - 127.5) / 127.5
+    mirrored = x[:, :, :, ::-1]  # horizontal flip = reversed width axis
+    f = x.reshape(7, -1) @ weight.T
+    f_flip = mirrored.reshape(7, -1) @ weight.T
+    raw = f + f_flip
+    np.testing.assert_allclose(result.raw.numpy(), raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        result.embeddings.numpy(), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5, atol=1e-6
+    )
+    xnorm = np.mean(np.concatenate([np.linalg.norm(f, axis=1), np.linalg.norm(f_flip, axis=1)]))
+    assert result.xnorm == pytest.approx(xnorm, rel=1e-5)
+
+    plain = extract_embeddings(LinearNet(weight.astype(np.float32)), images, flip=False)
+    np.testing.assert_allclose(plain.raw.numpy(), f, rtol=1e-5, atol=1e-5)
+    assert plain.xnorm == pytest.approx(np.mean(np.linalg.norm(f, axis=1)), rel=1e-5)
+
+
+def test_symmetric_images_give_twice_the_embedding():
+    rng = np.random.default_rng(1)
+    half = rng.integers(0, 256, size=(3, 3, 4, 3), dtype=np.uint8)
+    images = np.concatenate([half, half[..., ::-1]], axis=3)  # mirror-symmetric 4 x 6 images
+    model = LinearNet(rng.normal(size=(4, 72)).astype(np.float32))
+    with_flip = extract_embeddings(model, images)
+    without = extract_embeddings(model, images, flip=False)
+    torch.testing.assert_close(with_flip.raw, 2 * without.raw)
+    torch.testing.assert_close(with_flip.embeddings, without.embeddings)
+
+
+def test_normalize_images_range():
+    x = torch.tensor([0, 127, 128, 255], dtype=torch.uint8).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+    out = normalize_images(x)
+    torch.testing.assert_close(out[0, 0].flatten(), torch.tensor([-1.0, -0.5 / 127.5, 0.5 / 127.5, 1.0]))
+
+
+def test_batch_size_does_not_change_result_and_eval_mode_is_restored():
+    model = TinyConvNet()
+    images, _ = random_pair_images(10)
+    model.train()
+    model.act.eval()  # a mixed state must come back exactly
+    a = extract_embeddings(model, images, batch_size=3)
+    b = extract_embeddings(model, images, batch_size=64)
+    torch.testing.assert_close(a.embeddings, b.embeddings)
+    assert model.training and model.conv.training and not model.act.training
+    # eval mode was used: BN running statistics, so each image is independent of its batch
+    model.eval()
+    with torch.no_grad():
+        x = normalize_images(images)
+        expected = torch.nn.functional.normalize(model(x) + model(torch.flip(x, dims=[3])))
+    torch.testing.assert_close(a.embeddings, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_images_are_reported():
+    model = TinyConvNet()
+    with pytest.raises(ValueError, match="uint8"):
+        extract_embeddings(model, torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        extract_embeddings(model, torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
+
+
+def test_onnx_and_torch_give_the_same_numbers(tmp_path):
+    from ekd.models import export_onnx
+
+    model = TinyConvNet().eval()
+    with torch.no_grad():  # non-trivial BN statistics so the comparison means something
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, path)
+    images, issame = random_pair_images(60, seed=3)
+    from_torch = extract_embeddings(model, images, batch_size=16)
+    from_onnx = extract_embeddings(path, images, batch_size=16)
+    torch.testing.assert_close(from_onnx.embeddings, from_torch.embeddings, rtol=1e-4, atol=1e-5)
+    assert from_onnx.xnorm == pytest.approx(from_torch.xnorm, rel=1e-5)
+    res_torch = verify(from_torch.embeddings, issame, n_folds=5)
+    res_onnx = verify(from_onnx.embeddings, issame, n_folds=5)
+    assert res_onnx.fold_accuracies == res_torch.fold_accuracies
+    assert res_onnx.auc == pytest.approx(res_torch.auc, abs=1e-9)
+
+
+def test_onnx_fixed_batch_model_is_padded(tmp_path):
+    model = TinyConvNet().eval()
+    path = tmp_path / "fixed.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(4, 3, 16, 16),), str(path), input_names=["data"], dynamo=False)
+    embedder = OnnxEmbedder(path)
+    assert embedder.fixed_batch == 4
+    images, _ = random_pair_images(3, seed=4)  # 6 images: one full batch + a padded one
+    torch.testing.assert_close(
+        extract_embeddings(embedder, images, batch_size=6).embeddings,
+        extract_embeddings(model, images).embeddings,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        OnnxEmbedder(tmp_path / "missing.onnx")
+
+
+def test_shard_bounds_cover_in_order():
+    assert [shard_bounds(5, 2, r) for r in range(2)] == [(0, 3), (3, 5)]
+    assert [shard_bounds(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert [shard_bounds(1, 2, r) for r in range(2)] == [(0, 1), (1, 1)]
+
+
+def _shard_worker(rank: int, world_size: int) -> dict:
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    images, _ = random_pair_images(5, seed=9)  # 10 images
+    out = {}
+    for count in (10, 7, 1):  # uneven shards, and a rank with nothing to embed
+        res = extract_embeddings(model, images[:count], batch_size=2, shard=True)
+        out[count] = (res.raw, res.xnorm)
+    return out
+
+
+@pytest.mark.ddp
+def test_sharded_extraction_two_processes_equals_single_process():
+    from tests.ddp_utils import run_gloo
+
+    results = run_gloo(_shard_worker)
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    images, _ = random_pair_images(5, seed=9)
+    for count in (10, 7, 1):
+        single = extract_embeddings(model, images[:count], batch_size=2)
+        for rank_result in results:
+            raw, xnorm = rank_result[count]
+            torch.testing.assert_close(raw, single.raw)
+            assert xnorm == pytest.approx(single.xnorm, rel=1e-6)
+
+
+def test_autocast_overflow_falls_back_to_fp32():
+    from ekd.eval.embed import TorchEmbedder
+
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.fill_(1e5)  # outputs of 4e5 exceed fp16's 65504
+        model.bias.zero_()
+    embedder = TorchEmbedder(model)
+    assert not embedder.amp  # autocast is only used on CUDA ...
+    embedder.amp = True  # ... so force it here, with CPU autocast in fp16, to exercise the fallback
+    x = torch.ones(2, 4)
+    assert not torch.isfinite(embedder._forward(x, True)).all()
+    torch.testing.assert_close(embedder(x), torch.full((2, 3), 4e5))

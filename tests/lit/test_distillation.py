@@ -1,0 +1,283 @@
+"""DistillationModule: frozen teacher, checkpoints, feature checks, teacher logits / centres, every objective."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+import ekd.distill
+from ekd.lit.distillation import DistillationModule
+from ekd.lit.recognition import NonFiniteLossError
+from ekd.models import FaceBackbone, Features, list_backbones, register_backbone
+from ekd.models.loading import load_backbone
+from tests.lit.common import (
+    EMB,
+    HEAD_KW,
+    NUM_CLASSES,
+    SIZE,
+    STUDENT,
+    STUDENT_KW,
+    TEACHER,
+    TEACHER_KW,
+    CaptureObjectiveInputs,
+    loader,
+    plain_teacher_file,
+    train_teacher_checkpoint,
+    trainer,
+)
+
+
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("teachers")
+    return {"ckpt": train_teacher_checkpoint(directory), "plain": plain_teacher_file(directory), "dir": directory}
+
+
+def distillation_module(teacher_checkpoint, objectives: dict | None = None, **kwargs: Any) -> DistillationModule:
+    options: dict[str, Any] = {
+        "backbone": STUDENT,
+        "num_classes": NUM_CLASSES,
+        "teacher": TEACHER,
+        "teacher_checkpoint": str(teacher_checkpoint),
+        "teacher_kwargs": {k: v for k, v in TEACHER_KW.items()},
+        "objectives": {"mimic": {"weight": 1.0}} if objectives is None else objectives,
+        "backbone_kwargs": STUDENT_KW,
+        "embedding_size": EMB,
+        "head_kwargs": HEAD_KW,
+        "optim": {"lr": 0.05},
+        "schedule": {"name": "constant"},
+    }
+    options.update(kwargs)
+    return DistillationModule(**options)
+
+
+def _teacher_state(module: DistillationModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.teacher.state_dict().items()}
+
+
+def test_teacher_is_frozen_in_eval_mode_and_outside_the_optimizer(teacher_files):
+    module = distillation_module(teacher_files["ckpt"], {"mimic": {}, "rkd": {}})
+    before = _teacher_state(module)
+    student_before = module.student.conv1.weight.detach().clone()
+    fit = trainer(max_steps=3)
+    fit.fit(module, loader(batch_size=8))
+    assert not module.teacher.training and module.student.training
+    assert all(not p.requires_grad for p in module.teacher.parameters())
+    for key, value in module.teacher.state_dict().items():  # weights and BN running statistics
+        assert torch.equal(value, before[key]), key
+    in_optimizer = {id(p) for g in fit.optimizers[0].param_groups for p in g["params"]}
+    assert not in_optimizer & {id(p) for p in module.teacher.parameters()}
+    assert not torch.equal(module.student.conv1.weight, student_before)
+    module.train()  # Lightning's call: the teacher stays in eval mode
+    assert not module.teacher.training
+    # the teacher is the checkpoint's network (student.* keys of the teacher run)
+    reference = load_backbone(TEACHER, teacher_files["ckpt"], **TEACHER_KW)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(before[key], value), key
+    assert module.hparams.teacher_sha256 and len(module.hparams.teacher_sha256) == 64
+
+
+def test_checkpoint_without_teacher_and_reload(teacher_files, tmp_path):
+    module = distillation_module(teacher_files["ckpt"], {"ekd": {"topk": 10}})
+    fit = trainer(max_steps=2)
+    fit.fit(module, loader(batch_size=8))
+    path = tmp_path / "student.ckpt"
+    fit.save_checkpoint(path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert not [k for k in raw["state_dict"] if k.startswith("teacher.")]
+    assert raw["ekd"]["teacher"]["sha256"] == module.hparams.teacher_sha256
+    assert "objectives.ekd.student_thresholds" in raw["state_dict"]
+
+    reloaded = DistillationModule.load_from_checkpoint(path, weights_only=True)  # strict loading
+    for key, value in module.student.state_dict().items():
+        assert torch.equal(reloaded.student.state_dict()[key], value), key
+    assert torch.equal(reloaded.objectives["ekd"].student_thresholds, module.objectives["ekd"].student_thresholds)
+    for key, value in module.teacher.state_dict().items():  # re-read from the teacher file
+        assert torch.equal(reloaded.teacher.state_dict()[key], value), key
+    assert not reloaded.teacher.training
+    # resuming a fit from it works (optimizer + loops restored, teacher from its file)
+    trainer(max_steps=3).fit(reloaded, loader(batch_size=8), ckpt_path=path)
+
+    kept = distillation_module(teacher_files["ckpt"], save_teacher=True)
+    fit = trainer(max_steps=1)
+    fit.fit(kept, loader(batch_size=8))
+    fit.save_checkpoint(tmp_path / "with_teacher.ckpt")
+    raw = torch.load(tmp_path / "with_teacher.ckpt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("teacher.") for k in raw["state_dict"])
+
+
+def test_changed_teacher_file_is_refused(teacher_files, tmp_path):
+    teacher = tmp_path / "teacher.ckpt"
+    shutil.copy(teacher_files["ckpt"], teacher)
+    module = distillation_module(teacher)
+    fit = trainer(max_steps=1)
+    fit.fit(module, loader(batch_size=8))
+    path = tmp_path / "student.ckpt"
+    fit.save_checkpoint(path)
+    shutil.copy(teacher_files["plain"], teacher)  # another network under the same name
+    with pytest.raises(ValueError, match="the teacher file changed"):
+        DistillationModule.load_from_checkpoint(path, weights_only=True)
+
+
+def test_missing_teacher_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        distillation_module(tmp_path / "nowhere.ckpt")
+    with pytest.raises(ValueError, match="never runs with a random teacher"):
+        distillation_module("")
+
+
+_FLAT = "test_lit_flat"
+
+
+class _FlatBackbone(FaceBackbone):
+    """A real (tiny) backbone without stage maps: embedding only."""
+
+    stage_shapes: dict = {}
+
+    def __init__(self, embedding_size: int = 512, input_size: tuple[int, int] = SIZE) -> None:
+        super().__init__()
+        self.embedding_size = embedding_size
+        self.input_size = tuple(input_size)
+        self.fc = torch.nn.Linear(3 * input_size[0] * input_size[1], embedding_size)
+        self.stage_shapes = {}
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        self.check_input(x)
+        return Features(embedding=self.fc(x.flatten(1)))
+
+
+if _FLAT not in list_backbones():
+    register_backbone(_FLAT)(lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size))
+
+
+def test_missing_feature_field_fails_at_construction(teacher_files):
+    flat = {"backbone": _FLAT, "backbone_kwargs": {}}
+    with pytest.raises(ValueError, match=r"'sp' needs \['stages.stage3'\] from the student"):
+        distillation_module(teacher_files["ckpt"], {"sp": {"stage": "stage3"}}, **flat)
+    # objectives that build adapters from stage_shapes report the missing stage themselves
+    with pytest.raises(ValueError, match=r"'fitnet': student_shapes has no entry 'stage3'"):
+        distillation_module(teacher_files["ckpt"], {"fitnet": {"stage": "stage3"}}, **flat)
+    with pytest.raises(ValueError, match=r"\['kd'\] need student logits, but the student has no head"):
+        distillation_module(teacher_files["ckpt"], {"kd": {}}, head=None)
+    with pytest.raises(ValueError, match="teacher_centres='head'"):
+        distillation_module(teacher_files["plain"], {"kd": {}}, teacher_centres="head")
+    with pytest.raises(ValueError, match="unknown distillation objective 'nope'"):
+        distillation_module(teacher_files["ckpt"], {"nope": {}})
+
+
+def test_kd_logits_follow_the_feature_contract(teacher_files):
+    module = distillation_module(teacher_files["ckpt"], {"kd": {"weight": 1.0}}, teacher_logit_scale=32.0)
+    assert module.centres_source == "head"
+    capture = CaptureObjectiveInputs(module.objectives["kd"])
+    images, labels = next(iter(loader(batch_size=8)))
+    module.training_step((images, labels), 0)
+    student, teacher, seen_labels = capture.calls[-1]
+    assert torch.equal(seen_labels, labels)
+    centres = torch.load(teacher_files["ckpt"], weights_only=True)["state_dict"]["recognition.classifier.weight"]
+    with torch.no_grad():
+        f_t = module.teacher.forward_features(images).embedding
+    expected_t = 32.0 * F.normalize(f_t.double(), dim=1) @ F.normalize(centres.double(), dim=1).t()
+    assert torch.allclose(teacher.logits.double(), expected_t, atol=1e-4)
+    expected_s = HEAD_KW["s"] * (
+        F.normalize(student.embedding.detach().double(), dim=1)
+        @ F.normalize(module.recognition.centres().double(), dim=1).t()
+    )
+    assert torch.allclose(student.logits.detach().double(), expected_s, atol=1e-4)
+    assert student.logits.requires_grad and not teacher.logits.requires_grad
+    # KD from the formula: T^2 KL(p_t || p_s), T = 4
+    p_t = F.softmax(teacher.logits.double() / 4, dim=1)
+    log_p_s = F.log_softmax(student.logits.detach().double() / 4, dim=1)
+    kd = 16 * (p_t * (p_t.log() - log_p_s)).sum(1).mean()
+    assert float(module.last_logged["loss_kd"]) == pytest.approx(float(kd), rel=1e-4)
+
+
+class _Data(pl.LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fingerprint = "toy-v1"
+
+    def train_dataloader(self):
+        return loader(batch_size=8)
+
+
+def test_prototypes_from_the_training_data_cached_and_student_head_frozen(teacher_files, tmp_path):
+    cache = tmp_path / "protos.pt"
+    module = distillation_module(
+        teacher_files["plain"],
+        {"kd": {}, "margin": {"weight": 0.5}},
+        teacher_centres="auto",
+        prototype_cache=str(cache),
+        student_head_init="freeze_teacher_centres",
+    )
+    assert module.centres_source == "prototypes"
+    fit = trainer(max_steps=2)
+    fit.fit(module, datamodule=_Data())
+    # independent prototypes: mean of the normalised teacher embeddings per class, normalised (float64)
+    images, labels = loader(batch_size=16).dataset.tensors
+    teacher = load_backbone(TEACHER, teacher_files["plain"], **TEACHER_KW).double()
+    with torch.no_grad():
+        unit = F.normalize(teacher(images.double()), dim=1)
+    expected = torch.stack([F.normalize(unit[labels == c].mean(0), dim=0) for c in range(NUM_CLASSES)])
+    assert torch.allclose(module.teacher_class_centres.double(), expected, atol=1e-5)
+    assert cache.exists()
+    assert torch.allclose(module.objectives["margin"].centres.double(), expected, atol=1e-5)
+    head = module.recognition.head.weight
+    assert not head.requires_grad and torch.allclose(head.double(), expected, atol=1e-5)  # frozen: unchanged
+    assert id(head) not in {id(p) for g in fit.optimizers[0].param_groups for p in g["params"]}
+    # a second run reads the cache (a different data fingerprint is refused)
+    other = _Data()
+    other.fingerprint = "toy-v2"
+    again = distillation_module(teacher_files["plain"], {"kd": {}}, prototype_cache=str(cache))
+    with pytest.raises(ValueError, match="prototypes cache"):
+        trainer(max_steps=1).fit(again, datamodule=other)
+
+
+def test_fitnet_hint_only_phase(teacher_files):
+    module = distillation_module(teacher_files["ckpt"], {"fitnet": {"weight": 2.0, "warmup_steps": 2}})
+    seen: list[dict[str, float]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append({k: float(v) for k, v in pl_module.last_logged.items()})
+
+    trainer(max_steps=3, callbacks=[Record()]).fit(module, loader(batch_size=8))
+    for step in (0, 1):  # hint only: the total is the weighted hint term alone
+        assert seen[step]["loss"] == pytest.approx(2.0 * seen[step]["loss_fitnet"], rel=1e-6)
+    total = 2.0 * seen[2]["loss_fitnet"] + seen[2]["loss_recognition"]
+    assert seen[2]["loss"] == pytest.approx(total, rel=1e-6)
+
+
+def test_batch_layout_must_match_the_batch(teacher_files):
+    module = distillation_module(teacher_files["ckpt"], {"ekd": {"topk": 5}}, batch_layout=[4, 2], recognition_rows=4)
+    with pytest.raises(ValueError, match=r"batch_layout \[4, 2\] does not add up to the batch size 8"):
+        module.training_step(next(iter(loader(batch_size=8))), 0)
+
+
+def test_nonfinite_objective_term_is_named(teacher_files):
+    module = distillation_module(teacher_files["ckpt"], {"sp": {"weight": 1.0}, "mimic": {}})
+    original = module.objectives["sp"].forward
+    module.objectives["sp"].forward = lambda s, t, y: original(s, t, y) * float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*sp=inf"):
+        trainer(max_steps=2).fit(module, loader(batch_size=8))
+
+
+@pytest.mark.parametrize("name", ekd.distill.list_objectives())
+def test_every_objective_trains_one_step(teacher_files, name):
+    hparams: dict[str, Any] = {"ekd": {"topk": 10}, "darkrank": {}, "shrinkteanet": {"stages": ["stage4"]}}.get(name, {})
+    student = dict(backbone="mbf", backbone_kwargs={"width_mult": 0.25, "input_size": SIZE})  # regressors needed
+    module = distillation_module(teacher_files["ckpt"], {name: hparams}, **student)
+    before = {k: v.detach().clone() for k, v in module.student.named_parameters()}
+    fit = trainer(max_steps=1)
+    fit.fit(module, loader(batch_size=8))
+    value = fit.callback_metrics[f"train/loss_{name}"]
+    assert math.isfinite(float(value))
+    assert any(not torch.equal(before[k], p) for k, p in module.student.named_parameters())
+    # the objective's own parameters (adapters) are optimised
+    in_optimizer = {id(p) for g in fit.optimizers[0].param_groups for p in g["params"]}
+    assert all(id(p) in in_optimizer for p in module.objectives[name].parameters() if p.requires_grad)

@@ -1,0 +1,181 @@
+"""Checkpoint loading: accepted formats, Lightning prefixes, and the error for every kind of failure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ekd.models import CheckpointError, CheckpointMismatchError, create_backbone, file_sha256, load_backbone
+from ekd.models.loading import read_state_dict
+
+TINY = dict(embedding_size=16, base_width=8, input_size=(32, 32))
+
+
+@pytest.fixture
+def source():
+    """A tiny iresnet18 with non-default weights and BN statistics."""
+    model = create_backbone("iresnet18", **TINY)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(4, 3, 32, 32))  # moves the running statistics away from their initial values
+    return model.eval()
+
+
+def _embedding(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_plain_state_dict_roundtrip_gives_the_same_embedding(tmp_path, source) -> None:
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    loaded = load_backbone("iresnet18", tmp_path / "backbone.pth", **TINY)
+    assert not loaded.training
+    torch.testing.assert_close(_embedding(loaded), _embedding(source), rtol=0, atol=0)
+
+
+def test_ddp_module_prefix_is_stripped(tmp_path, source) -> None:
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "ddp.pth")
+    torch.testing.assert_close(_embedding(load_backbone("iresnet18", tmp_path / "ddp.pth", **TINY)), _embedding(source))
+
+
+def _lightning_checkpoint(path, student, teacher) -> None:
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state |= {f"teacher.{k}": v for k, v in teacher.state_dict().items()}
+    state["head.weight"] = torch.randn(10, 16)
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 120,
+            "state_dict": state,
+            # Lightning pickles the Hydra config: OmegaConf containers must not need trust_pickle
+            "hyper_parameters": {"cfg": OmegaConf.create({"student": {"name": "iresnet18"}, "lr": 0.1})},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
+        },
+        path,
+    )
+
+
+def test_lightning_checkpoint_student_by_default_teacher_by_prefix(tmp_path, source) -> None:
+    teacher = create_backbone("iresnet18", **TINY).eval()
+    path = tmp_path / "last.ckpt"
+    _lightning_checkpoint(path, source, teacher)
+    torch.testing.assert_close(_embedding(load_backbone("iresnet18", path, **TINY)), _embedding(source))
+    for prefix in ("teacher.", "teacher"):
+        loaded = load_backbone("iresnet18", path, prefix=prefix, **TINY)
+        torch.testing.assert_close(_embedding(loaded), _embedding(teacher))
+
+
+def test_unknown_prefix_lists_the_prefixes_present(tmp_path, source) -> None:
+    path = tmp_path / "last.ckpt"
+    _lightning_checkpoint(path, source, source)
+    with pytest.raises(CheckpointError, match=r"no keys with prefix 'backbone\.'.*student\. \(\d+ keys\).*teacher\."):
+        load_backbone("iresnet18", path, prefix="backbone.", **TINY)
+
+
+def test_missing_keys_are_named_with_counts(tmp_path, source) -> None:
+    state = source.state_dict()
+    for key in ("fc.weight", "fc.bias", "layer4.1.conv2.weight"):
+        del state[key]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_backbone("iresnet18", tmp_path / "partial.pth", **TINY)
+    message = str(info.value)
+    assert str(tmp_path / "partial.pth") in message and "'iresnet18'" in message
+    assert "3 missing keys: layer4.1.conv2.weight, fc.weight, fc.bias" in message
+    assert "unexpected" not in message and "shape" not in message
+    assert sorted(info.value.missing) == ["fc.bias", "fc.weight", "layer4.1.conv2.weight"]
+    assert isinstance(info.value, ValueError)
+
+
+def test_unexpected_keys_show_the_first_few_and_the_count(tmp_path, source) -> None:
+    state = source.state_dict()
+    for i in range(7):
+        state[f"extra.{i}"] = torch.zeros(1)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"7 unexpected keys: extra.0, .*extra.4, \.\.\. and 2 more"):
+        load_backbone("iresnet18", tmp_path / "extra.pth", **TINY)
+
+
+def test_shape_mismatch_names_both_shapes(tmp_path, source) -> None:
+    torch.save(source.state_dict(), tmp_path / "d16.pth")
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_backbone("iresnet18", tmp_path / "d16.pth", embedding_size=32, base_width=8, input_size=(32, 32))
+    message = str(info.value)
+    assert "fc.weight: checkpoint (16, 256) vs model (32, 256)" in message
+    assert info.value.shape_mismatches["fc.bias"] == ((16,), (32,))
+    assert "missing" not in message
+
+
+def test_student_keys_against_the_wrong_architecture(tmp_path, source) -> None:
+    path = tmp_path / "last.ckpt"
+    _lightning_checkpoint(path, source, source)
+    with pytest.raises(CheckpointMismatchError, match=r"prefix 'student\.' does not match backbone 'mbf'"):
+        load_backbone("mbf", path, width_mult=0.25, input_size=(32, 32))
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nope.pth"):
+        load_backbone("iresnet18", tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="is not a file"):
+        load_backbone("iresnet18", tmp_path)
+
+
+def test_not_a_checkpoint(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"notes.txt is not a PyTorch checkpoint"):
+        load_backbone("iresnet18", tmp_path / "notes.txt")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="holds a list, not a state_dict"):
+        load_backbone("iresnet18", tmp_path / "list.pt")
+    torch.save({"fc.weight": torch.zeros(2), "epoch": 3}, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match="'epoch' is a int"):
+        load_backbone("iresnet18", tmp_path / "mixed.pt")
+
+
+def test_pickled_code_is_refused_without_trust(tmp_path) -> None:
+    torch.save({"state_dict": {"fc.weight": torch.zeros(1)}, "callback": print}, tmp_path / "code.ckpt")
+    with pytest.raises(CheckpointError, match=r"builtins.print.*trust_pickle=True"):
+        load_backbone("iresnet18", tmp_path / "code.ckpt")
+
+
+def test_whole_pickled_module_needs_trust_pickle(tmp_path, source) -> None:
+    torch.save(source, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=r"ekd\.models\.iresnet\.IResNet.*trust_pickle=True"):
+        load_backbone("iresnet18", tmp_path / "model.pt", **TINY)
+    loaded = load_backbone("iresnet18", tmp_path / "model.pt", trust_pickle=True, **TINY)
+    torch.testing.assert_close(_embedding(loaded), _embedding(source))
+
+
+def test_old_checkpoints_without_num_batches_tracked_load(tmp_path, source) -> None:
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth", _use_new_zipfile_serialization=False)  # legacy format too
+    torch.testing.assert_close(_embedding(load_backbone("iresnet18", tmp_path / "old.pth", **TINY)), _embedding(source))
+
+
+def test_half_precision_checkpoint_loads_into_float32(tmp_path, source) -> None:
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}, tmp_path / "h.pth")
+    loaded = load_backbone("iresnet18", tmp_path / "h.pth", **TINY)
+    assert loaded.fc.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.fc.weight, source.fc.weight.half().float())
+
+
+def test_read_state_dict_describes_the_source(tmp_path, source) -> None:
+    path = tmp_path / "last.ckpt"
+    _lightning_checkpoint(path, source, source)
+    state, description = read_state_dict(path)
+    assert description == f"{path} (Lightning checkpoint) prefix 'student.'"
+    assert set(state) == set(source.state_dict())
+
+
+def test_file_sha256(tmp_path) -> None:
+    (tmp_path / "abc").write_bytes(b"abc")
+    # FIPS 180-2 test vector
+    assert file_sha256(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    (tmp_path / "big").write_bytes(b"a" * 1_000_000)
+    expected = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"  # one million 'a'
+    assert file_sha256(tmp_path / "big", chunk_size=4096) == expected
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        file_sha256(tmp_path / "missing.bin")
