@@ -1,6 +1,7 @@
 """``ekd-eval``: verification accuracy of a trained model on .bin sets and IJB-B/C.
 
-Models: one of our Lightning checkpoints (``.ckpt``; the ``student.`` weights unless ``--prefix``),
+Models: one of our Lightning checkpoints (``.ckpt``; the ``student.`` weights unless ``--prefix``;
+backbone name and options read from the hyper-parameters ``ekd.lit`` records),
 an insightface ``backbone.pth`` / state dict (``--backbone NAME`` required), or an ONNX model
 (``.onnx``, run by onnxruntime). Sets: ``.bin`` files given with ``--bins``, and/or the standard five
 (lfw, cfp_fp, cplfw, agedb_30, calfw) under ``--data-root``; a missing one is an error unless
@@ -76,35 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _find_backbone_config(hparams: Any, key: str, depth: int = 0) -> Mapping | None:
-    """Search checkpoint hyper-parameters for ``{key: {"name": ..., ...}}`` (our BackboneConfig)."""
-    if depth > 4 or not isinstance(hparams, Mapping):
-        return None
-    value = hparams.get(key)
-    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
-        return value
-    for child in hparams.values():
-        found = _find_backbone_config(child, key, depth + 1)
-        if found is not None:
-            return found
-    return None
+# where ekd.lit's modules record each network in their hyper-parameters (RecognitionModule and
+# DistillationModule): name key, options key, embedding-size key (the teacher's size lives in its options)
+HPARAM_KEYS: dict[str, tuple[str, str, str | None]] = {
+    "student": ("backbone", "backbone_kwargs", "embedding_size"),
+    "teacher": ("teacher", "teacher_kwargs", None),
+}
 
 
 def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | None, dict]:
-    """(name, embedding_size, kwargs) of the backbone recorded in a checkpoint's hyper-parameters."""
+    """(name, embedding_size, kwargs) of the network under ``prefix`` recorded in a checkpoint's hparams."""
     hint = "pass --backbone NAME (and --embedding-size / --backbone-kwargs when not the defaults)"
+    network = (prefix or "student.").rstrip(".")
+    if network not in HPARAM_KEYS:
+        raise SystemExit(f"ekd-eval: the backbone under prefix {prefix!r} is not recorded by name; {hint}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpicklable hyper-parameter types: the name cannot be read safely
         raise SystemExit(f"ekd-eval: cannot read the backbone name from {path} ({error}); {hint}") from None
-    key = (prefix or "student.").rstrip(".")
-    found = _find_backbone_config(ckpt.get("hyper_parameters", {}) if isinstance(ckpt, Mapping) else {}, key)
-    if found is None:
-        raise SystemExit(
-            f"ekd-eval: {path} records no '{key}' backbone config in its hyper_parameters; {hint}"
-        )
-    kwargs = found.get("kwargs") or {}
-    return str(found["name"]), found.get("embedding_size"), dict(kwargs)
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    name_key, kwargs_key, size_key = HPARAM_KEYS[network]
+    if not isinstance(hparams, Mapping) or not isinstance(hparams.get(name_key), str):
+        raise SystemExit(f"ekd-eval: {path} records no '{name_key}' name in its hyper_parameters; {hint}")
+    kwargs = dict(hparams.get(kwargs_key) or {})
+    size = hparams.get(size_key) if size_key else kwargs.pop("embedding_size", None)
+    return hparams[name_key], size, kwargs
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, str]:

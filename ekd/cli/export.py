@@ -35,12 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--embedding-size", type=int, default=512, help="embedding size D (default 512)")
-    parser.add_argument("--prefix", help="key prefix inside a Lightning checkpoint (default: student. if present)")
     parser.add_argument(
-        "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (runs code from the file)"
+        "--prefix", help="key prefix inside a Lightning checkpoint (default: student. if present)"
     )
     parser.add_argument(
-        "--option", action="append", metavar="KEY=VALUE", help="backbone option, repeatable (e.g. width_mult=0.5)"
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects (runs code from the file)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="backbone option, repeatable (e.g. width_mult=0.5)",
     )
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     args = parser.parse_args(argv)
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"ekd-export: error: {error}\n")
 
     size_mb = args.output.stat().st_size / 2**20
-    console.print(f"wrote {args.output} ({size_mb:.1f} MiB, opset {args.opset}, input 'data', output 'embedding')")
+    console.print(
+        f"wrote {args.output} ({size_mb:.1f} MiB, opset {args.opset}, input 'data', output 'embedding')"
+    )
     if max_diff is None:
         console.print("not verified (--no-verify)")
     else:

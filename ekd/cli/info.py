@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             prefix = family[:-1]
             console.print(
                 f"Also: {prefix}<model_name> for any timm model with the face-embedding neck, "
-                f"e.g. ekd-info --backbone {prefix}resnet18" if prefix == "timm/" else f"Also: {family}"
+                f"e.g. ekd-info --backbone {prefix}resnet18"
+                if prefix == "timm/"
+                else f"Also: {family}"
             )
     return 0
 

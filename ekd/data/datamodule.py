@@ -47,7 +47,10 @@ class FaceDataModule(pl.LightningDataModule):
         sampler: "random" (``batch_size`` shuffled images), "ekd" (``general`` uniform images followed
             by ``identities x images_per_identity`` balanced ones) or "pk" (``identities x
             images_per_identity``). Batch sizes are per device.
-        flip: random horizontal flips of training images.
+        flip: random horizontal flips of training images, decided by the sampler (a function of seed,
+            epoch, rank and batch, so resumed runs and any number of workers see the same flips).
+        return_index: training batches are ``(images, labels, indices, flipped)`` instead of
+            ``(images, labels)`` (indices into ``dataset``; used by the teacher embedding cache).
         num_workers, pin_memory, persistent_workers: DataLoader settings (persistent workers only
             when ``num_workers > 0``).
         seed: sampler seed (batches depend on seed, epoch, rank and world size only).
@@ -75,6 +78,7 @@ class FaceDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
+        return_index: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -114,6 +118,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.seed = seed
+        self._return_index = bool(return_index)
         self._dataset: FaceRecordDataset | FaceFolderDataset | None = None
         self._sampler: RandomBatchSampler | EKDBatchSampler | PKBatchSampler | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -149,11 +154,21 @@ class FaceDataModule(pl.LightningDataModule):
         if self._dataset is None:
             if self.source == "synthetic" and not (self.root / "train.rec").is_file():
                 self.prepare_data()
-            if self.source == "folder":
-                self._dataset = FaceFolderDataset(self.root, flip=self.flip)
-            else:
-                self._dataset = FaceRecordDataset(self.root, flip=self.flip)
+            kind = FaceFolderDataset if self.source == "folder" else FaceRecordDataset
+            self._dataset = kind(self.root, flip=self.flip, return_index=self._return_index)
         return self._dataset
+
+    @property
+    def return_index(self) -> bool:
+        """Whether training batches carry ``(indices, flipped)`` after ``(images, labels)``."""
+        return self._return_index
+
+    @return_index.setter
+    def return_index(self, value: bool) -> None:
+        # settable until the loader's workers start (they receive a copy of the dataset)
+        self._return_index = bool(value)
+        if self._dataset is not None:
+            self._dataset.return_index = self._return_index
 
     @property
     def num_classes(self) -> int:
@@ -170,14 +185,19 @@ class FaceDataModule(pl.LightningDataModule):
 
     def build_sampler(self) -> RandomBatchSampler | EKDBatchSampler | PKBatchSampler:
         labels = self.dataset.labels  # type: ignore[attr-defined]
+        # the sampler takes the flip decisions: reproducible across resumes and worker counts
+        flip = self.flip
         if self.sampler_name == "ekd":
-            return EKDBatchSampler(labels, self.general, self.identities, self.images_per_identity, seed=self.seed)
+            return EKDBatchSampler(
+                labels, self.general, self.identities, self.images_per_identity, seed=self.seed, flip=flip
+            )
         if self.sampler_name == "pk":
-            return PKBatchSampler(labels, self.identities, self.images_per_identity, seed=self.seed)
-        return RandomBatchSampler(labels, self.batch_size, drop_last=True, seed=self.seed)
+            return PKBatchSampler(labels, self.identities, self.images_per_identity, seed=self.seed, flip=flip)
+        return RandomBatchSampler(labels, self.batch_size, drop_last=True, seed=self.seed, flip=flip)
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of ``(float images N x 3 x 112 x 112, int64 labels)``."""
+        """Batches of ``(float images N x 3 x 112 x 112, int64 labels)`` (+ ``(int64 indices, bool flipped)``
+        with ``return_index``)."""
         sampler = self.build_sampler()
         if self._pending_state is not None:
             sampler.load_state_dict(self._pending_state)

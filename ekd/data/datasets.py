@@ -4,6 +4,11 @@ Both datasets yield ``(float tensor 3 x 112 x 112 normalised (x - 127.5) / 127.5
 expose ``labels`` (numpy int64, known without decoding any image) and ``num_classes``; samplers build
 their batches from ``labels``.
 
+A sample key is an index (random flip with probability 0.5 when ``flip``) or an ``(index, flip)`` pair
+whose flip decision is taken as given (the samplers' ``flip=True`` mode). With ``return_index`` the
+samples are ``(image, label, index, flipped)``: what the teacher embedding cache needs to look up the
+teacher's embedding of exactly the image the student sees.
+
 A RecordIO root holds ``train.rec``, ``train.idx`` and ``property`` ("num_classes,112,112"), as
 insightface's ``MXFaceDataset`` expects. :func:`pack_folder` writes exactly that from a folder with
 one sub-folder per identity (``ekd-data pack``).
@@ -47,11 +52,24 @@ def write_property(path: str | os.PathLike, num_classes: int, size: int = IMAGE_
     Path(path).write_text(f"{num_classes},{size},{size}")
 
 
-def _finish_sample(image: torch.Tensor, flip: bool, transform: Transform | None) -> torch.Tensor:
+SampleKey = int | tuple[int, bool]
+
+
+def split_key(key: SampleKey, random_flip: bool) -> tuple[int, bool]:
+    """``(index, flipped)`` of a sample key: an ``(index, flip)`` pair is taken as given; a plain index
+    is flipped with probability 0.5 when ``random_flip``."""
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise DataError(f"sample key {key!r}: expected an index or an (index, flip) pair")
+        return int(key[0]), bool(key[1])
+    # torch's global RNG: DataLoader seeds it per worker from the loader's base seed.
+    return int(key), bool(random_flip and torch.rand(()) < 0.5)
+
+
+def _finish_sample(image: torch.Tensor, flipped: bool, transform: Transform | None) -> torch.Tensor:
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         image = fit_to_size(image)
-    # torch's global RNG: DataLoader seeds it per worker from the loader's base seed.
-    if flip and torch.rand(()) < 0.5:
+    if flipped:
         image = image.flip(-1)
     out = normalize(image)
     return transform(out) if transform is not None else out
@@ -63,17 +81,26 @@ class FaceRecordDataset(Dataset):
     Args:
         root: folder with the three files.
         transform: optional callable applied to the normalised float image (after the flip).
-        flip: random horizontal flip with probability 0.5 (the only augmentation of the recipes).
+        flip: random horizontal flip with probability 0.5 (the only augmentation of the recipes) of
+            samples asked for by a plain index.
+        return_index: yield ``(image, label, index, flipped)`` instead of ``(image, label)``.
 
     ``labels`` come from the identity records of an insightface header (checked against the first
     image header of each identity) or, for im2rec files without header, from reading only the record
     headers. ``num_classes`` comes from ``property``, or is ``max(label) + 1`` when that file is absent.
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Transform | None = None, flip: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Transform | None = None,
+        flip: bool = True,
+        return_index: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.transform = transform
         self.flip = flip
+        self.return_index = return_index
         rec_path = self.root / "train.rec"
         if not rec_path.is_file():
             raise RecordIOError(f"{rec_path}: record file not found (expected train.rec, train.idx, property)")
@@ -98,8 +125,10 @@ class FaceRecordDataset(Dataset):
     def _read_keys_and_labels(self) -> tuple[np.ndarray, np.ndarray]:
         reader = self.reader
         if 0 in reader:
-            header0 = reader.read_header(0)
-            if header0.flag > 0:
+            # insightface header record: a label array and no image bytes (an im2rec image record 0
+            # with a label array carries its image).
+            header0, image0 = unpack_payload(reader.read(0), f"{reader.rec_path} record 0")
+            if header0.flag > 0 and len(image0) == 0:
                 return self._from_identity_records(header0)
         keys = np.array(reader.keys, dtype=np.int64)
         labels = np.array([int(first_label(reader.read_header(int(k)))) for k in keys], dtype=np.int64)
@@ -149,14 +178,16 @@ class FaceRecordDataset(Dataset):
         header, data = unpack_payload(payload, where)
         return decode_image(data, where), int(first_label(header))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: SampleKey) -> tuple:
+        index, flipped = split_key(key, self.flip)
         image, label = self.read_uint8(index)
         if not 0 <= label < self.num_classes:
             raise DataError(
                 f"{self.reader.rec_path} record {int(self.keys[index])}: label {label} >= num_classes "
                 f"{self.num_classes}"
             )
-        return _finish_sample(image, self.flip, self.transform), label
+        out = _finish_sample(image, flipped, self.transform)
+        return (out, label, index, flipped) if self.return_index else (out, label)
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -190,12 +221,20 @@ def load_image_file(path: Path) -> torch.Tensor:
 
 
 class FaceFolderDataset(Dataset):
-    """One sub-folder per identity; sorted folder names give labels 0..C-1. Same output as RecordIO."""
+    """One sub-folder per identity; sorted folder names give labels 0..C-1. Same output and arguments as
+    :class:`FaceRecordDataset`."""
 
-    def __init__(self, root: str | os.PathLike, transform: Transform | None = None, flip: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Transform | None = None,
+        flip: bool = True,
+        return_index: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.transform = transform
         self.flip = flip
+        self.return_index = return_index
         self.classes, self.samples = scan_image_folder(self.root)
         self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
         self.num_classes = len(self.classes)
@@ -203,9 +242,11 @@ class FaceFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: SampleKey) -> tuple:
+        index, flipped = split_key(key, self.flip)
         path, label = self.samples[index]
-        return _finish_sample(load_image_file(path), self.flip, self.transform), label
+        out = _finish_sample(load_image_file(path), flipped, self.transform)
+        return (out, label, index, flipped) if self.return_index else (out, label)
 
 
 def write_face_records(

@@ -46,7 +46,7 @@ def decoder_name() -> str:
 
 def _decode_pil(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # a writable copy for torch.from_numpy
 
 
 def decode_image(data: bytes | bytearray | memoryview, where: str = "image") -> torch.Tensor:

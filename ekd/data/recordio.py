@@ -261,7 +261,7 @@ def reindex(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = No
     for i, (offset, payload) in enumerate(scan_records(rec_path)):
         offsets.append(offset)
         try:
-            ids.append(unpack_payload(payload, f"{rec_path} record {i}").id)
+            ids.append(unpack_payload(payload, f"{rec_path} record {i}")[0].id)
         except RecordIOError:
             ids.append(None)  # not a packed payload: fall back to positional keys
     keys: list[int] = list(range(len(offsets)))

@@ -10,7 +10,12 @@ All three are *batch* samplers (pass them as ``DataLoader(batch_sampler=...)``) 
 * expose ``set_epoch``, ``__len__`` and ``state_dict`` / ``load_state_dict`` holding the position inside
   the epoch: after ``load_state_dict`` the next iteration yields exactly the remaining batches of that
   epoch (Lightning restores the in-epoch batch counter and stops after ``len`` batches);
-* are their own ``.sampler``, because Lightning calls ``dataloader.batch_sampler.sampler.set_epoch``.
+* are their own ``.sampler``, because Lightning calls ``dataloader.batch_sampler.sampler.set_epoch``;
+* with ``flip=True`` decide the random horizontal flips themselves and yield ``(index, flip)`` pairs
+  instead of plain indices (the datasets accept both). The flips are then a function of
+  ``(seed, epoch, rank, batch)`` like the batches: a resumed run, or any number of loader workers,
+  sees the same flips, and a consumer that needs to know which rows were flipped (the teacher
+  embedding cache) can be told by the dataset.
 
 Streams (all numpy ``default_rng`` seeded with ``[seed, epoch, stream]``):
 
@@ -40,6 +45,7 @@ from ekd.data.errors import DataError
 _GENERAL_STREAM = 0
 _IDENTITY_STREAM = 1
 _IMAGE_ORDER_STREAM = 2
+_FLIP_STREAM = 3
 
 
 def _as_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -58,8 +64,11 @@ def _positive(name: str, value: int) -> int:
 class _EpochBatchSampler(Sampler[list[int]]):
     """Shared epoch / rank / resume machinery; subclasses implement :meth:`_plan`."""
 
-    def __init__(self, seed: int, rank: int | None, world_size: int | None, stream_length: int) -> None:
+    def __init__(
+        self, seed: int, rank: int | None, world_size: int | None, stream_length: int, flip: bool = False
+    ) -> None:
         self.seed = int(seed)
+        self.flip = bool(flip)
         self.epoch = 0
         if (rank is None) != (world_size is None):
             raise DataError("sampler: give both rank and world_size, or neither (read from torch.distributed)")
@@ -105,9 +114,15 @@ class _EpochBatchSampler(Sampler[list[int]]):
         plan = self._plan(rank, world_size)
         start, self._resume_from = self._resume_from, 0
         self._position = start
-        for batch in plan[start:]:
+        for number, batch in enumerate(plan[start:], start):
             self._position += 1
-            yield batch.tolist()
+            if not self.flip:
+                yield batch.tolist()
+                continue
+            # One generator per (epoch, rank, batch): the decision does not depend on where iteration
+            # (re)started.
+            flips = self._rng(_FLIP_STREAM, rank, number).random(len(batch)) < 0.5
+            yield list(zip(batch.tolist(), flips.tolist()))
 
     def state_dict(self) -> dict[str, int]:
         """Seed, epoch, world size and batches already handed out in this epoch."""
@@ -160,9 +175,10 @@ class RandomBatchSampler(_EpochBatchSampler):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        flip: bool = False,
     ) -> None:
         num_items = _positive("num_samples", labels) if isinstance(labels, int) else len(_as_labels(labels))
-        super().__init__(seed, rank, world_size, num_items)
+        super().__init__(seed, rank, world_size, num_items, flip)
         self.batch_size = _positive("batch_size", batch_size)
         self.drop_last = drop_last
 
@@ -192,9 +208,10 @@ class _IdentityBatchSampler(_EpochBatchSampler):
         seed: int,
         rank: int | None,
         world_size: int | None,
+        flip: bool = False,
     ) -> None:
         self.labels = _as_labels(labels)
-        super().__init__(seed, rank, world_size, len(self.labels))
+        super().__init__(seed, rank, world_size, len(self.labels), flip)
         self.identities = _positive("identities", identities)
         self.images_per_identity = _positive("images_per_identity", images_per_identity)
         self.identity_ids, self._counts = np.unique(self.labels, return_counts=True)
@@ -248,8 +265,9 @@ class PKBatchSampler(_IdentityBatchSampler):
         rank: int | None = None,
         world_size: int | None = None,
         batches_per_epoch: int | None = None,
+        flip: bool = False,
     ) -> None:
-        super().__init__(labels, identities, images_per_identity, seed, rank, world_size)
+        super().__init__(labels, identities, images_per_identity, seed, rank, world_size, flip)
         self.batches_per_epoch = None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
 
     def num_batches(self, world_size: int) -> int:
@@ -286,8 +304,9 @@ class EKDBatchSampler(_IdentityBatchSampler):
         rank: int | None = None,
         world_size: int | None = None,
         batches_per_epoch: int | None = None,
+        flip: bool = False,
     ) -> None:
-        super().__init__(labels, identities, images_per_identity, seed, rank, world_size)
+        super().__init__(labels, identities, images_per_identity, seed, rank, world_size, flip)
         self.general = _positive("general", general)
         self.cover_all = cover_all
         self.batches_per_epoch = None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)

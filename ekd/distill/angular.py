@@ -48,7 +48,9 @@ class AngularObjective(Objective):
         stages = [str(s) for s in stages]
         unknown = [s for s in stages if s not in STAGE_NAMES]
         if unknown:
-            raise ValueError(f"shrinkteanet: unknown stages {unknown}; expected names from {list(STAGE_NAMES)}")
+            raise ValueError(
+                f"shrinkteanet: unknown stages {unknown}; expected names from {list(STAGE_NAMES)}"
+            )
         if len(set(stages)) != len(stages):
             raise ValueError(f"shrinkteanet: stages listed twice in {stages}")
         self.stages = stages
@@ -68,7 +70,8 @@ class AngularObjective(Objective):
         loss = _one_minus_cosine(f_s, f_t, self.eps)
         self._last = {"embedding": loss.detach()}
         for stage in self.stages:
-            regressor = self.regressors[stage] if stage in self.regressors else None
+            # nn.ModuleDict has no get()
+            regressor = self.regressors[stage] if stage in self.regressors else None  # noqa: SIM401
             m_s, m_t = align_maps(self.name, stage, student.stages[stage], teacher.stages[stage], regressor)
             term = _one_minus_cosine(flatten(m_s), flatten(m_t), self.eps)
             self._last[stage] = term.detach()

@@ -99,8 +99,13 @@ def list_objectives() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, **hparams) -> Objective:
-    """Build the objective registered as ``name`` with its hyper-parameters (defaults otherwise)."""
+def objective_class(name: str) -> type[Objective]:
+    """The class registered as ``name`` (e.g. to inspect its constructor's defaults)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown distillation objective {name!r}; known: {', '.join(list_objectives())}")
-    return _REGISTRY[name](**hparams)
+    return _REGISTRY[name]
+
+
+def create(name: str, **hparams) -> Objective:
+    """Build the objective registered as ``name`` with its hyper-parameters (defaults otherwise)."""
+    return objective_class(name)(**hparams)

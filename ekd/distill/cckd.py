@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ekd.distill.base import Objective, register_objective
-from ekd.distill.common import check_batch, compute_dtype
+from ekd.distill.common import check_batch, student_teacher_pair
 from ekd.models.features import Features
 
 
@@ -41,7 +41,8 @@ class CCKDObjective(Objective):
         self.order = int(order)
         self.eps = float(eps)
         self.coefficients = [
-            math.exp(-2.0 * self.gamma) * (2.0 * self.gamma) ** p / math.factorial(p) for p in range(self.order + 1)
+            math.exp(-2.0 * self.gamma) * (2.0 * self.gamma) ** p / math.factorial(p)
+            for p in range(self.order + 1)
         ]
 
     def correlation(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,11 +57,10 @@ class CCKDObjective(Objective):
         return result
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
-        f_s = compute_dtype(student.embedding)
-        f_t = teacher.embedding.detach().to(f_s.dtype)
+        f_s, f_t = student_teacher_pair(
+            self.name, "embedding", student.embedding, teacher.embedding, same_width=False
+        )
         check_batch(self.name, "embedding", f_s)
-        if f_s.shape[0] != f_t.shape[0]:
-            raise ValueError(f"cckd: student and teacher batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
         with torch.no_grad():
             c_t = self.correlation(f_t)
         return (self.correlation(f_s) - c_t).pow(2).mean()

@@ -20,22 +20,30 @@ def compute_dtype(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def student_teacher_pair(name: str, what: str, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-    """Both tensors in the student's compute dtype, the teacher detached; shapes must agree.
+def student_teacher_pair(
+    name: str, what: str, student: Tensor, teacher: Tensor, same_width: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Both tensors in the student's compute dtype, the teacher detached.
 
-    ``name`` (the objective) and ``what`` (e.g. "embedding") only serve the error message.
+    Shapes must agree; with ``same_width=False`` only the batch size must (relational objectives
+    compare B x B relations, so a 128-d student can learn from a 512-d teacher). ``name`` (the
+    objective) and ``what`` (e.g. "embedding") only serve the error message.
     """
     student = compute_dtype(student)
     teacher = teacher.detach().to(student.dtype)
-    if student.shape != teacher.shape:
+    mismatch = student.shape[:1] != teacher.shape[:1] if not same_width else student.shape != teacher.shape
+    if mismatch:
+        kind = "batch sizes" if not same_width else f"{what} shapes"
         raise ValueError(
-            f"distillation objective {name!r}: student and teacher {what} shapes differ "
+            f"distillation objective {name!r}: student and teacher {kind} differ "
             f"({tuple(student.shape)} vs {tuple(teacher.shape)})"
         )
     return student, teacher
 
 
-def check_batch(name: str, what: str, tensor: Tensor, labels: Tensor | None = None, min_size: int = 1) -> None:
+def check_batch(
+    name: str, what: str, tensor: Tensor, labels: Tensor | None = None, min_size: int = 1
+) -> None:
     """Raise a clear error when ``tensor`` is not N x ... with N >= min_size (and N labels)."""
     if tensor.ndim < 2:
         raise ValueError(

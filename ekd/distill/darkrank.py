@@ -71,11 +71,15 @@ class DarkRankObjective(Objective):
             raise ValueError(f"darkrank: alpha and beta must be > 0, got alpha={alpha}, beta={beta}")
         if int(list_length) < 2:
             raise ValueError(f"darkrank: list_length must be >= 2, got {list_length}")
-        if variant == "soft" and soft_distribution == "permutation" and int(list_length) > _MAX_PERMUTATION_LIST:
+        if (
+            variant == "soft"
+            and soft_distribution == "permutation"
+            and int(list_length) > _MAX_PERMUTATION_LIST
+        ):
             raise ValueError(
-                f"darkrank: the permutation distribution over list_length={list_length} candidates has "
-                f"{math.factorial(int(list_length))} permutations; use list_length <= {_MAX_PERMUTATION_LIST} "
-                f"or soft_distribution='top_one'"
+                f"darkrank: the permutation distribution over list_length={list_length} candidates "
+                f"has {math.factorial(int(list_length))} permutations; use list_length <= "
+                f"{_MAX_PERMUTATION_LIST} or soft_distribution='top_one'"
             )
         self.variant = variant
         self.alpha = float(alpha)
@@ -92,7 +96,9 @@ class DarkRankObjective(Objective):
         return -self.alpha * sq.clamp_min(self.eps).pow(self.beta / 2.0)
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
-        s, t = student_teacher_pair(self.name, "embedding", student.embedding, teacher.embedding)
+        s, t = student_teacher_pair(
+            self.name, "embedding", student.embedding, teacher.embedding, same_width=False
+        )
         check_batch(self.name, "embedding", s, min_size=self.list_length + 1)
         scores_s = self._scores(s)
         with torch.no_grad():

@@ -105,7 +105,8 @@ class MarginDistillationObjective(Objective):
         margins = self.sample_margins(f_t, labels).unsqueeze(1)  # N x 1
         cos = F.normalize(f_s, dim=1, eps=self.eps) @ self.centres.to(f_s.dtype).t()  # N x C
         cos_y = cos.gather(1, labels.unsqueeze(1))
-        # cos(theta + m) = cos theta cos m - sin theta sin m; the clamp keeps sqrt's gradient finite at |cos| = 1
+        # cos(theta + m) = cos theta cos m - sin theta sin m;
+        # the clamp keeps the square root's gradient finite at |cos| = 1
         sin_y = (1.0 - cos_y * cos_y).clamp_min(self.eps).sqrt()
         target = cos_y * torch.cos(margins) - sin_y * torch.sin(margins)
         fallback = cos_y - margins * torch.sin(math.pi - margins)

@@ -55,7 +55,8 @@ def compute_class_prototypes(
 ) -> torch.Tensor:
     """C x D prototypes (float32, on CPU) of ``teacher`` over ``loader``; see the module docstring.
 
-    ``teacher(images)`` must return N x D raw embeddings; labels must be integers in [0, num_classes).
+    ``teacher`` must already be on ``device`` (images and labels are moved there) and map images to
+    N x D raw embeddings; labels must be integers in [0, num_classes).
     Raises ValueError naming the classes without any image.
     """
     if int(num_classes) < 1:
@@ -94,8 +95,8 @@ def compute_class_prototypes(
     if empty:
         shown = ", ".join(str(c) for c in empty[:20]) + (" ..." if len(empty) > 20 else "")
         raise ValueError(
-            f"prototypes: {len(empty)} of {num_classes} classes have no image in the loader (classes {shown}); "
-            f"check num_classes and the dataset"
+            f"prototypes: {len(empty)} of {num_classes} classes have no image in the loader "
+            f"(classes {shown}); check num_classes and the dataset"
         )
     means = sums / counts.unsqueeze(1)
     return F.normalize(means, dim=1).float().cpu()
@@ -148,9 +149,12 @@ def _read_cache(path: Path) -> dict[str, Any]:
     except Exception as exc:  # a truncated or foreign file: say which file and what was expected
         raise ValueError(f"prototypes cache {path} is not a readable {CACHE_FORMAT} file: {exc}") from exc
     if not isinstance(cached, dict) or cached.get("format") != CACHE_FORMAT:
-        raise ValueError(f"prototypes cache {path} is not a {CACHE_FORMAT} file")
+        raise ValueError(f"prototypes cache {path} is not an {CACHE_FORMAT} file")
     protos = cached.get("prototypes")
-    if not isinstance(protos, torch.Tensor) or protos.ndim != 2 or protos.shape[0] != cached.get("num_classes"):
+    if (
+        not isinstance(protos, torch.Tensor)
+        or protos.ndim != 2
+        or protos.shape[0] != cached.get("num_classes")
+    ):
         raise ValueError(f"prototypes cache {path}: 'prototypes' must be a num_classes x D tensor")
     return cached
-

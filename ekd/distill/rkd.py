@@ -99,9 +99,13 @@ class RKDObjective(Objective):
     ) -> None:
         super().__init__()
         if distance_weight < 0 or angle_weight < 0:
-            raise ValueError(f"rkd: weights must be >= 0, got distance {distance_weight}, angle {angle_weight}")
+            raise ValueError(
+                f"rkd: weights must be >= 0, got distance {distance_weight}, angle {angle_weight}"
+            )
         if angle_chunk is not None and int(angle_chunk) < 0:
-            raise ValueError(f"rkd: angle_chunk must be >= 1 (or None / 0 for no chunking), got {angle_chunk}")
+            raise ValueError(
+                f"rkd: angle_chunk must be >= 1 (or None / 0 for no chunking), got {angle_chunk}"
+            )
         if angle_anchors is not None and int(angle_anchors) < 1:
             raise ValueError(f"rkd: angle_anchors must be >= 1 or None (all), got {angle_anchors}")
         self.distance_weight = float(distance_weight)
@@ -112,7 +116,9 @@ class RKDObjective(Objective):
         self._last: dict[str, torch.Tensor] = {}
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
-        s, t = student_teacher_pair(self.name, "embedding", student.embedding, teacher.embedding)
+        s, t = student_teacher_pair(
+            self.name, "embedding", student.embedding, teacher.embedding, same_width=False
+        )
         check_batch(self.name, "embedding", s, min_size=2)
         loss = s.new_zeros(())
         if self.distance_weight:

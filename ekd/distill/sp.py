@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ekd import dist
 from ekd.distill.adapters import flatten
 from ekd.distill.base import Objective, register_objective
-from ekd.distill.common import check_batch, compute_dtype
+from ekd.distill.common import check_batch, student_teacher_pair
 from ekd.models.features import STAGE_NAMES, Features
 
 
@@ -42,7 +42,9 @@ class SPObjective(Objective):
     def __init__(self, stage: str | None = None, eps: float = 1e-12) -> None:
         super().__init__()
         if stage is not None and stage not in STAGE_NAMES:
-            raise ValueError(f"sp: unknown stage {stage!r}; expected None (embedding) or one of {list(STAGE_NAMES)}")
+            raise ValueError(
+                f"sp: unknown stage {stage!r}; expected None (embedding) or one of {list(STAGE_NAMES)}"
+            )
         self.stage = stage
         self.eps = float(eps)
         if stage is not None:
@@ -57,11 +59,8 @@ class SPObjective(Objective):
         else:
             f_s = dist.gather_with_grad(flatten(student.stages[self.stage]))
             f_t = dist.gather_nograd(flatten(teacher.stages[self.stage].detach()))
-        f_s = flatten(compute_dtype(f_s))
-        f_t = flatten(f_t.detach()).to(f_s.dtype)
+        f_s, f_t = student_teacher_pair(self.name, "features", flatten(f_s), flatten(f_t), same_width=False)
         check_batch(self.name, "features", f_s)
-        if f_s.shape[0] != f_t.shape[0]:
-            raise ValueError(f"sp: student and teacher batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
         b = f_s.shape[0]
         with torch.no_grad():
             g_t = _normalised_gram(f_t, self.eps)

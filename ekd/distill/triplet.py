@@ -50,7 +50,8 @@ class TripletDistillationObjective(Objective):
         super().__init__()
         if not 0 <= margin_min <= margin_max:
             raise ValueError(
-                f"triplet: need 0 <= margin_min <= margin_max, got margin_min={margin_min}, margin_max={margin_max}"
+                f"triplet: need 0 <= margin_min <= margin_max, got margin_min={margin_min}, "
+                f"margin_max={margin_max}"
             )
         if mining not in ("all", "batch_hard"):
             raise ValueError(f"triplet: mining must be 'all' or 'batch_hard', got {mining!r}")
@@ -69,7 +70,9 @@ class TripletDistillationObjective(Objective):
         return self.margin_min + (self.margin_max - self.margin_min) * d / d_max
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
-        s, t = student_teacher_pair(self.name, "embedding", student.embedding, teacher.embedding)
+        s, t = student_teacher_pair(
+            self.name, "embedding", student.embedding, teacher.embedding, same_width=False
+        )
         check_batch(self.name, "embedding", s, labels)
         d_s = _normalised_squared_distances(s, self.eps)
         with torch.no_grad():
@@ -95,13 +98,12 @@ class TripletDistillationObjective(Objective):
             losses = (hinge_s + margins).clamp_min(0.0)[valid]
         else:
             has_both = positive.any(dim=1) & negative.any(dim=1)
+            rows = torch.arange(len(labels), device=labels.device)
             with torch.no_grad():
                 hardest_pos = d_s.masked_fill(~positive, float("-inf")).argmax(dim=1)
                 hardest_neg = d_s.masked_fill(~negative, float("inf")).argmin(dim=1)
-                rows = torch.arange(len(labels), device=labels.device)
                 gap_t = d_t[rows, hardest_neg] - d_t[rows, hardest_pos]
                 margins = self._margins(gap_t, has_both)
-            rows = torch.arange(len(labels), device=labels.device)
             hinge_s = d_s[rows, hardest_pos] - d_s[rows, hardest_neg]
             losses = (hinge_s + margins).clamp_min(0.0)[has_both]
         self._last = {"triplets": torch.tensor(float(losses.numel()))}

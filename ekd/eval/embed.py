@@ -86,8 +86,8 @@ def _module_device(module: nn.Module) -> torch.device:
 class TorchEmbedder:
     """Runs a torch backbone on normalised batches: no_grad, autocast + channels_last on CUDA.
 
-    A batch whose autocast output is not finite is recomputed in fp32. The module itself is left as it is (no memory-format or dtype change); the caller sets eval mode
-    (``extract_embeddings`` does).
+    A batch whose autocast output is not finite is recomputed in fp32. The module itself is left as
+    it is (no memory-format or dtype change); the caller sets eval mode (``extract_embeddings`` does).
     """
 
     def __init__(self, module: nn.Module, amp: bool = True, amp_dtype: torch.dtype = torch.float16) -> None:

@@ -1,4 +1,4 @@
-"""DistillationModule: a student trained by a recognition loss plus distillation objectives from a frozen teacher.
+"""DistillationModule: a student trained by recognition loss + distillation objectives from a frozen teacher.
 
     L = recognition_weight * CE(student head, rows[:recognition_rows]) + sum_a w_a L_aux
         + sum_k w_k L_k(student Features, teacher Features, labels)
@@ -41,6 +41,7 @@ so that DDP sees a gradient (zero) for every parameter. Each objective's adapter
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,9 +50,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ekd.distill import create as create_objective
-from ekd.distill import gather_global
+from ekd.distill import gather_global, objective_class
 from ekd.distill.prototypes import compute_class_prototypes, load_or_compute_prototypes
-from ekd.lit.recognition import CHECKPOINT_META_KEY, RecognitionModule, load_class_centres, plain, split_weight
+from ekd.lit.recognition import (
+    CHECKPOINT_META_KEY,
+    RecognitionModule,
+    load_class_centres,
+    plain,
+    split_weight,
+)
 from ekd.models.features import Features
 from ekd.models.loading import file_sha256, load_backbone
 
@@ -61,13 +68,15 @@ STUDENT_HEAD_INIT: tuple[str, ...] = ("none", "teacher_centres", "freeze_teacher
 
 def _features_spec(backbone: nn.Module, embedding_size: int, logits_classes: int | None) -> Features:
     """Empty tensors with the fields a backbone's ``forward_features`` provides (for ``requires`` checks)."""
-    stages = {name: torch.empty(0, *shape) for name, shape in dict(getattr(backbone, "stage_shapes", {})).items()}
+    stages = {
+        name: torch.empty(0, *shape) for name, shape in dict(getattr(backbone, "stage_shapes", {})).items()
+    }
     logits = None if logits_classes is None else torch.empty(0, logits_classes)
     return Features(embedding=torch.empty(0, embedding_size), stages=stages, logits=logits)
 
 
 class DistillationModule(RecognitionModule):
-    """Student (``self.student``) + head (``self.recognition``) + frozen ``self.teacher`` + ``self.objectives``.
+    """``self.student`` + head ``self.recognition`` + frozen ``self.teacher`` + ``self.objectives``.
 
     Arguments beyond RecognitionModule's: see the module docstring. Added to the documented interface:
     ``teacher_prefix`` (key prefix inside a Lightning teacher checkpoint; default: ``student.``, i.e.
@@ -97,22 +106,33 @@ class DistillationModule(RecognitionModule):
         teacher_kwargs = plain(teacher_kwargs) or {}
         batch_layout = None if batch_layout is None else [int(n) for n in plain(batch_layout)]
         if teacher_centres not in TEACHER_CENTRES:
-            raise ValueError(f"teacher_centres: expected one of {list(TEACHER_CENTRES)}, got {teacher_centres!r}")
+            raise ValueError(
+                f"teacher_centres: expected one of {list(TEACHER_CENTRES)}, got {teacher_centres!r}"
+            )
         if student_head_init not in STUDENT_HEAD_INIT:
-            raise ValueError(f"student_head_init: expected one of {list(STUDENT_HEAD_INIT)}, got {student_head_init!r}")
+            raise ValueError(
+                f"student_head_init: expected one of {list(STUDENT_HEAD_INIT)}, got {student_head_init!r}"
+            )
         if not teacher_logit_scale > 0:
             raise ValueError(f"teacher_logit_scale must be > 0, got {teacher_logit_scale!r}")
         if batch_layout is not None and (not batch_layout or any(n < 1 for n in batch_layout)):
-            raise ValueError(f"batch_layout must be a non-empty list of positive row counts, got {batch_layout}")
+            raise ValueError(
+                f"batch_layout must be a non-empty list of positive row counts, got {batch_layout}"
+            )
         if not isinstance(objectives, Mapping):
             raise ValueError(f"objectives must map names to {{weight: ..., <hparams>}}, got {objectives!r}")
         if not teacher_checkpoint:
             raise ValueError("teacher_checkpoint is required: distillation never runs with a random teacher")
-        actual_sha256 = file_sha256(teacher_checkpoint)  # FileNotFoundError names the path
+        if not os.path.isfile(teacher_checkpoint):
+            raise FileNotFoundError(
+                f"teacher checkpoint {str(teacher_checkpoint)!r} does not exist (distillation needs the "
+                "trained teacher's weights; it never falls back to a random teacher)"
+            )
+        actual_sha256 = file_sha256(teacher_checkpoint)
         if teacher_sha256 is not None and teacher_sha256 != actual_sha256:
             raise ValueError(
-                f"teacher checkpoint {teacher_checkpoint!r} has SHA-256 {actual_sha256}, but this run was made "
-                f"with a teacher file of SHA-256 {teacher_sha256}: the teacher file changed"
+                f"teacher checkpoint {teacher_checkpoint!r} has SHA-256 {actual_sha256}, but this run was "
+                f"made with a teacher file of SHA-256 {teacher_sha256}: the teacher file changed"
             )
         teacher_sha256 = actual_sha256
         # RecognitionModule.__init__ calls save_hyperparameters(), which also collects this frame's arguments
@@ -137,10 +157,14 @@ class DistillationModule(RecognitionModule):
         )
         if self.needs_logits and self.recognition is None:
             users = [k for k, obj in self.objectives.items() if "logits" in obj.requires]
-            raise ValueError(f"distillation objectives {users} need student logits, but the student has no head")
+            raise ValueError(
+                f"distillation objectives {users} need student logits, but the student has no head"
+            )
         if student_head_init != "none":
             if self.recognition is None:
-                raise ValueError(f"student_head_init={student_head_init!r} needs a student head (head is None)")
+                raise ValueError(
+                    f"student_head_init={student_head_init!r} needs a student head (head is None)"
+                )
             if teacher_dim != self.hparams.embedding_size:
                 raise ValueError(
                     f"student_head_init={student_head_init!r} copies {teacher_dim}-d teacher centres into a "
@@ -165,14 +189,16 @@ class DistillationModule(RecognitionModule):
     # ------------------------------------------------------------------------------- construction
     def _add_objective(self, key: str, spec: Any) -> None:
         if not isinstance(spec, Mapping):
-            raise ValueError(f"objective {key!r}: expected a mapping {{weight: ..., <hparams>}}, got {spec!r}")
+            raise ValueError(
+                f"objective {key!r}: expected a mapping {{weight: ..., <hparams>}}, got {spec!r}"
+            )
         hparams = dict(spec)
         name = str(hparams.pop("objective", key))
         if "." in key or not key:
             raise ValueError(f"objective key {key!r} must be a non-empty name without dots")
         weight_given = "weight" in hparams
         weight = hparams.pop("weight", None)
-        accepted = inspect.signature(_objective_class(name).__init__).parameters
+        accepted = inspect.signature(objective_class(name).__init__).parameters
         for side, backbone in (("student", self.student), ("teacher", self.teacher)):
             if f"{side}_shapes" in accepted and hparams.get(f"{side}_shapes") is None:
                 hparams[f"{side}_shapes"] = {k: tuple(v) for k, v in backbone.stage_shapes.items()}
@@ -235,7 +261,8 @@ class DistillationModule(RecognitionModule):
         if datamodule is None:
             raise ValueError(
                 "teacher class prototypes are computed from the training data at fit start: pass a "
-                "datamodule to Trainer.fit (or use teacher_centres='head' with a teacher checkpoint that has a head)"
+                "datamodule to Trainer.fit (or use teacher_centres='head' with a teacher checkpoint that "
+                "has a head)"
             )
         loader_fn = getattr(datamodule, "prototype_dataloader", None) or datamodule.train_dataloader
         device = trainer.strategy.root_device
@@ -354,11 +381,3 @@ class DistillationModule(RecognitionModule):
             # strict loading still checks every student / head / objective key
             for key, value in self.teacher.state_dict().items():
                 state[f"teacher.{key}"] = value
-
-
-def _objective_class(name: str) -> type:
-    from ekd.distill.base import _REGISTRY, list_objectives
-
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown distillation objective {name!r}; known: {', '.join(list_objectives())}")
-    return _REGISTRY[name]

@@ -105,7 +105,9 @@ class ScheduleConfig:
         if self.warmup_epochs < 0:
             raise ValueError(f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 <= self.warmup_start_factor <= 1:
-            raise ValueError(f"schedule.warmup_start_factor must be in [0, 1], got {self.warmup_start_factor}")
+            raise ValueError(
+                f"schedule.warmup_start_factor must be in [0, 1], got {self.warmup_start_factor}"
+            )
         if self.min_lr < 0:
             raise ValueError(f"schedule.min_lr must be >= 0, got {self.min_lr}")
 
@@ -188,7 +190,9 @@ def build_optimizer(
     return torch.optim.AdamW(params_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
+def lr_factor(
+    step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int, base_lr: float
+) -> float:
     """The multiplier of ``base_lr`` at optimizer step ``step`` (see the module docstring)."""
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     warm = 1.0

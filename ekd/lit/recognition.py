@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import inspect
 import math
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -52,11 +53,12 @@ from ekd import dist
 from ekd.heads.loss import RecognitionLoss
 from ekd.lit.optim import as_optim_config, as_schedule_config, build_optimizer, build_scheduler, param_groups
 from ekd.models import create_backbone
-from ekd.models.features import Features
 
 NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
 # Checkpoint entry with what the loaders need to know about our checkpoints (see load_class_centres).
 CHECKPOINT_META_KEY = "ekd"
+# Where RecognitionLoss keeps the centres (replicated head / sharded head, whose state_dict holds all rows).
+CENTRES_KEYS: tuple[str, ...] = ("recognition.classifier.weight", "recognition.classifier.head.weight")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,7 +89,12 @@ def split_weight(name: str, spec: Mapping[str, Any] | None, default: float, what
         raise ValueError(f"{what} {name!r}: expected a mapping {{weight: ..., <hparams>}}, got {spec!r}")
     hparams = dict(spec)
     weight = hparams.pop("weight", default)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
         raise ValueError(f"{what} {name!r}: weight must be a finite number >= 0, got {weight!r}")
     return float(weight), hparams
 
@@ -101,7 +108,9 @@ def build_aux_loss(name: str, hparams: dict, embedding_size: int, num_classes: i
     import ekd.heads
 
     if name not in AUX_LOSSES:
-        raise ValueError(f"aux_losses: unknown auxiliary loss {name!r}; known: {', '.join(sorted(AUX_LOSSES))}")
+        raise ValueError(
+            f"aux_losses: unknown auxiliary loss {name!r}; known: {', '.join(sorted(AUX_LOSSES))}"
+        )
     cls = getattr(ekd.heads, AUX_LOSSES[name])
     accepted = inspect.signature(cls.__init__).parameters
     sizes = {"embedding_size": embedding_size, "num_classes": num_classes}
@@ -114,14 +123,14 @@ def build_aux_loss(name: str, hparams: dict, embedding_size: int, num_classes: i
 
 def load_checkpoint_file(path: str) -> dict[str, Any]:
     """``torch.load`` of a checkpoint on CPU with a clear error for a missing or unreadable file."""
-    import os
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors have unhelpful messages on their own
-        raise ValueError(f"cannot read checkpoint {path!r} with torch.load(weights_only=True): {exc}") from exc
+        raise ValueError(
+            f"cannot read checkpoint {path!r} with torch.load(weights_only=True): {exc}"
+        ) from exc
 
 
 def load_class_centres(checkpoint_path: str) -> torch.Tensor | None:
@@ -130,7 +139,9 @@ def load_class_centres(checkpoint_path: str) -> torch.Tensor | None:
     checkpoint = load_checkpoint_file(checkpoint_path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {checkpoint_path!r} holds no state_dict (got {type(checkpoint).__name__})")
+        raise ValueError(
+            f"checkpoint {checkpoint_path!r} holds no state_dict (got {type(checkpoint).__name__})"
+        )
     meta = checkpoint.get(CHECKPOINT_META_KEY, {}) if isinstance(checkpoint, dict) else {}
     keys = [meta["class_centres_key"]] if meta.get("class_centres_key") else list(CENTRES_KEYS)
     for key in keys:
@@ -140,12 +151,10 @@ def load_class_centres(checkpoint_path: str) -> torch.Tensor | None:
                 raise ValueError(f"checkpoint {checkpoint_path!r}: {key} is not a C x D tensor")
             return centres.detach().float().clone()
     if meta.get("class_centres_key"):
-        raise ValueError(f"checkpoint {checkpoint_path!r} names {meta['class_centres_key']} but lacks that key")
+        raise ValueError(
+            f"checkpoint {checkpoint_path!r} names {meta['class_centres_key']} but lacks that key"
+        )
     return None
-
-
-# Where RecognitionLoss keeps the centres (replicated head / sharded head, whose state_dict holds all rows).
-CENTRES_KEYS: tuple[str, ...] = ("recognition.classifier.weight", "recognition.classifier.head.weight")
 
 
 class RecognitionModule(pl.LightningModule):
@@ -188,7 +197,9 @@ class RecognitionModule(pl.LightningModule):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if recognition_rows is not None and (
-            isinstance(recognition_rows, bool) or not isinstance(recognition_rows, int) or recognition_rows < 1
+            isinstance(recognition_rows, bool)
+            or not isinstance(recognition_rows, int)
+            or recognition_rows < 1
         ):
             raise ValueError(f"recognition_rows must be a positive int or None, got {recognition_rows!r}")
         if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
@@ -200,7 +211,12 @@ class RecognitionModule(pl.LightningModule):
         self.recognition: RecognitionLoss | None = None
         if head is not None:
             self.recognition = RecognitionLoss(
-                head, embedding_size, num_classes, sharded=sharded_head, sample_rate=sample_rate, **head_kwargs
+                head,
+                embedding_size,
+                num_classes,
+                sharded=sharded_head,
+                sample_rate=sample_rate,
+                **head_kwargs,
             )
         self.aux_losses = nn.ModuleDict()
         self.aux_weights: dict[str, float] = {}
@@ -244,7 +260,8 @@ class RecognitionModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.has_training_signal():
             raise ValueError(
-                f"{type(self).__name__}: nothing to train (no head with recognition_weight > 0, no weighted loss)"
+                f"{type(self).__name__}: nothing to train (no head with recognition_weight > 0, no "
+                "weighted loss)"
             )
         if self.recognition is not None:
             # a no-op unless sharded_head / sample_rate < 1 under DDP: keep this rank's rows, before
@@ -277,11 +294,15 @@ class RecognitionModule(pl.LightningModule):
         if not math.isfinite(total):
             if schedule.name in ("poly", "cosine"):
                 raise ValueError(
-                    f"schedule {schedule.name!r} decays over the whole run: set the Trainer's max_steps or max_epochs"
+                    f"schedule {schedule.name!r} decays over the whole run: set the Trainer's max_steps "
+                    "or max_epochs"
                 )
             total = sys.maxsize  # step / constant schedules never look at the end of the run
         scheduler = build_scheduler(optimizer, schedule, steps_per_epoch, int(total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         if optimizer_closure is None or self.hparams.nonfinite != "skip":
@@ -317,7 +338,9 @@ class RecognitionModule(pl.LightningModule):
             raise ValueError(f"a training batch must be (images, labels), got {type(batch).__name__}")
         images, labels = batch
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            raise ValueError(f"batch images must be an N x 3 x H x W tensor, got {getattr(images, 'shape', images)}")
+            raise ValueError(
+                f"batch images must be an N x 3 x H x W tensor, got {getattr(images, 'shape', images)}"
+            )
         if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise ValueError(
                 f"batch labels must be a 1-D tensor with one label per image ({images.shape[0]}), "
@@ -375,13 +398,17 @@ class RecognitionModule(pl.LightningModule):
         return total
 
     def _all_finite(self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]) -> bool:
-        values = torch.stack([total.detach().float()] + [v.detach().float().reshape(()) for _, v in terms.values()])
+        values = torch.stack(
+            [total.detach().float()] + [v.detach().float().reshape(()) for _, v in terms.values()]
+        )
         bad = (~torch.isfinite(values)).any().float()
         if dist.is_distributed():
             torch_dist.all_reduce(bad, op=torch_dist.ReduceOp.MAX)  # every rank takes the same branch
         return not bool(bad.item())
 
-    def _handle_nonfinite(self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]) -> torch.Tensor | None:
+    def _handle_nonfinite(
+        self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]
+    ) -> torch.Tensor | None:
         bad_terms = [
             f"{name}={float(value.detach().float())}"
             for name, (_, value) in terms.items()
@@ -431,17 +458,30 @@ class RecognitionModule(pl.LightningModule):
         batch_size: int,
     ) -> None:
         self.last_logged = {"loss": total.detach()}
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(
+            "train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size
+        )
         for name, (_, value) in terms.items():
             self.last_logged[f"loss_{name}"] = value.detach()
             self.log(f"train/loss_{name}", value.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
         for name, value in metrics.items():
             self.last_logged[name] = value.detach()
-            self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=True, prog_bar=name == "acc",
-                     batch_size=batch_size)
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "acc",
+                batch_size=batch_size,
+            )
         if self._trainer is not None and self.trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
-                     prog_bar=True)
+            self.log(
+                "train/lr",
+                self.trainer.optimizers[0].param_groups[0]["lr"],
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+            )
         if self.hparams.nonfinite == "skip":
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 

@@ -7,9 +7,9 @@ from ekd.models import iresnet as _iresnet  # noqa: F401  (registers the backbon
 from ekd.models import mobilefacenet as _mobilefacenet  # noqa: F401
 from ekd.models import timm_backbone as _timm_backbone  # noqa: F401
 from ekd.models.base import FaceBackbone
-from ekd.models.features import Features
 from ekd.models.complexity import count_macs, count_parameters
 from ekd.models.export import export_onnx
+from ekd.models.features import Features
 from ekd.models.loading import CheckpointError, CheckpointMismatchError, file_sha256, load_backbone
 from ekd.models.registry import (
     create_backbone,

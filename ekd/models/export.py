@@ -76,7 +76,9 @@ def verify_onnx(
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
     if actual.shape != expected.shape:
-        raise ExportVerificationError(f"{path}: onnxruntime output shape {actual.shape} != torch {expected.shape}")
+        raise ExportVerificationError(
+            f"{path}: onnxruntime output shape {actual.shape} != torch {expected.shape}"
+        )
     return float(abs(actual - expected).max()), float(abs(expected).max())
 
 
@@ -144,7 +146,9 @@ def _run_exporter(module: nn.Module, dummy: torch.Tensor, path: Path, opset: int
             )
         return
     except Exception as error:  # noqa: BLE001  (fall back to the other exporter, re-raise if it fails too)
-        log.warning("TorchScript ONNX exporter failed (%s: %s); trying dynamo=True", type(error).__name__, error)
+        log.warning(
+            "TorchScript ONNX exporter failed (%s: %s); trying dynamo=True", type(error).__name__, error
+        )
     with torch.no_grad():
         torch.onnx.export(
             module,

@@ -184,5 +184,9 @@ def resnet18(
     head. A torchvision ResNet18 with a new head is available as ``timm/resnet18``.
     """
     return IResNet(
-        IRESNET_DEPTHS["iresnet18"], embedding_size, base_width=base_width, input_size=input_size, dropout=dropout
+        IRESNET_DEPTHS["iresnet18"],
+        embedding_size,
+        base_width=base_width,
+        input_size=input_size,
+        dropout=dropout,
     )

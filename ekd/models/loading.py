@@ -131,7 +131,9 @@ def _is_torch_file(path: Path) -> bool:
 
 def _torch_load(path: Path, trust_pickle: bool) -> object:
     if not _is_torch_file(path):
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip nor its legacy format)")
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither torch.save's zip nor its legacy format)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -146,21 +148,21 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # noqa: BLE001
             raise CheckpointError(
-                f"{path}: unpickling with trust_pickle=True failed ({type(error).__name__}: {error}); a pickled "
-                "module needs its classes importable under the same names"
+                f"{path}: unpickling with trust_pickle=True failed ({type(error).__name__}: {error}); "
+                "a pickled module needs its classes importable under the same names"
             ) from error
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001  (legacy-format files cannot be scanned)
         needed = []
-    unsafe = [name for name in needed if not _is_safe_global(name)]
+    unsafe = sorted(name for name in needed if not _is_safe_global(name))
     if needed and not unsafe:
         allowed = [_resolve_global(name) for name in needed]
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     if not needed:  # legacy files cannot be scanned: take the global torch names in its message
         unsafe = re.findall(r"GLOBAL ([\w.]+)", str(weights_only_error))
-    shown = ", ".join(unsafe[:SHOW_FIRST]) or "objects torch's safe loader rejects"
+    shown = _listing(unsafe) or "objects torch's safe loader rejects"
     raise CheckpointError(
         f"{path} pickles Python objects beyond tensors and containers ({shown}); if it is a whole model "
         "saved with torch.save(model) or another trusted file, load it with trust_pickle=True (this "
@@ -221,7 +223,8 @@ def read_state_dict(
         selected = _strip(state, prefix)
         if not selected:
             raise CheckpointError(
-                f"{source} has no keys with prefix {prefix!r}; its key prefixes are: {_top_level_prefixes(state)}"
+                f"{source} has no keys with prefix {prefix!r}; "
+                f"its key prefixes are: {_top_level_prefixes(state)}"
             )
         state = selected
         source += f" prefix {prefix!r}"
@@ -242,7 +245,7 @@ def _listing(keys: list[str]) -> str:
 
 
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a readable ``CheckpointMismatchError`` on mismatch."""
+    """``model.load_state_dict(state, strict=True)``, with a readable ``CheckpointMismatchError`` instead."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -260,7 +263,9 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
             lines.append(f"  {len(unexpected)} unexpected keys: {_listing(unexpected)}")
         if shapes:
             lines.append(f"  {len(shapes)} shape mismatches:")
-            lines += [f"    {k}: checkpoint {c} vs model {m}" for k, (c, m) in list(shapes.items())[:SHOW_FIRST]]
+            lines += [
+                f"    {k}: checkpoint {c} vs model {m}" for k, (c, m) in list(shapes.items())[:SHOW_FIRST]
+            ]
             if len(shapes) > SHOW_FIRST:
                 lines.append(f"    ... and {len(shapes) - SHOW_FIRST} more")
         lines.append(f"  checkpoint key prefixes: {_top_level_prefixes(state) or 'none'}")
@@ -274,7 +279,11 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 def load_backbone(
     name: str, path: PathLike, prefix: str | None = None, trust_pickle: bool = False, **options
 ) -> FaceBackbone:
-    """Build backbone ``name`` (``options`` go to ``create_backbone``), load ``path`` strictly, return it in eval mode."""
+    """Build backbone ``name`` (``options`` go to ``create_backbone``), load ``path`` strictly.
+
+    Returns the model in eval mode. Errors: FileNotFoundError, ``CheckpointError`` (not a checkpoint,
+    no state dict, unknown prefix, untrusted pickle) and ``CheckpointMismatchError`` (keys / shapes).
+    """
     model = create_backbone(name, **options)
     state, source = read_state_dict(path, prefix=prefix, trust_pickle=trust_pickle)
     load_state_dict_checked(model, state, source)

@@ -3,9 +3,11 @@
 Both are one architecture, insightface's ``recognition/arcface_torch/backbones/mobilefacenet.py``, whose
 state_dict keys this module reproduces exactly (insightface checkpoints load with ``strict=True``):
 
-- ``ConvBlock`` = ``layers.{0: conv (no bias), 1: BN2d, 2: PReLU}``; ``LinearBlock`` = ``layers.{0: conv, 1: BN2d}``;
+- ``ConvBlock`` = ``layers.{0: conv (no bias), 1: BN2d, 2: PReLU}``;
+  ``LinearBlock`` = ``layers.{0: conv, 1: BN2d}``;
 - ``DepthWise(in, out, g)`` (a MobileNetV2 inverted residual with expansion width ``g``) =
-  ``layers.{0: ConvBlock 1x1 in->g, 1: ConvBlock 3x3 depthwise g (carries the stride), 2: LinearBlock 1x1 g->out}``,
+  ``layers.0`` ConvBlock 1x1 in->g, ``layers.1`` ConvBlock 3x3 depthwise g (carries the stride),
+  ``layers.2`` LinearBlock 1x1 g->out,
   with the identity added only inside a ``Residual`` stack (``layers.i`` = DepthWise, stride 1);
 - ``conv_sep`` = ConvBlock 1x1 -> 512, ``features`` = GDC head: ``layers.0`` LinearBlock 7x7 depthwise,
   ``layers.1`` flatten, ``layers.2`` Linear 512 -> D (no bias), ``layers.3`` BN1d.
@@ -239,7 +241,9 @@ class MobileFaceNet(FaceBackbone):
 
 
 @register_backbone("mbf")
-def mbf(embedding_size: int = 512, width_mult: float = 1.0, input_size: tuple[int, int] = (112, 112)) -> MobileFaceNet:
+def mbf(
+    embedding_size: int = 512, width_mult: float = 1.0, input_size: tuple[int, int] = (112, 112)
+) -> MobileFaceNet:
     """insightface's ``mbf`` (MobileFaceNet, scale 2, blocks (1, 4, 6, 2)): 2.06M params, 0.44 GMACs."""
     return MobileFaceNet(scale=2, embedding_size=embedding_size, width_mult=width_mult, input_size=input_size)
 

@@ -54,7 +54,7 @@ def _natural_key(name: str) -> list[object]:
 
 
 def list_backbones() -> list[str]:
-    """Names of the concrete backbones in natural order (families such as ``timm/*`` are listed separately)."""
+    """Concrete backbone names in natural order (families such as ``timm/*``: ``list_backbone_families``)."""
     return sorted(_BACKBONES, key=_natural_key)
 
 
@@ -91,7 +91,9 @@ def create_backbone(name: str, embedding_size: int = 512, **options) -> FaceBack
     """
     factory, args = _resolve(name)
     if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
-        raise ValueError(f"embedding_size of backbone {name!r} must be a positive int, got {embedding_size!r}")
+        raise ValueError(
+            f"embedding_size of backbone {name!r} must be a positive int, got {embedding_size!r}"
+        )
     signature = inspect.signature(factory)
     try:
         signature.bind(*args, embedding_size=embedding_size, **options)

@@ -43,24 +43,35 @@ def _check_model_name(timm, model_name: str) -> None:
     raise ValueError(f"unknown timm model {model_name!r} (backbone 'timm/{model_name}'); {hint}")
 
 
-def _create_trunk(timm, model_name: str, input_size: tuple[int, int], options: dict) -> tuple[nn.Module, bool]:
+def _create_trunk(
+    timm, model_name: str, input_size: tuple[int, int], options: dict
+) -> tuple[nn.Module, bool]:
     """Return (trunk, features_only): a features_only trunk returns a list of maps."""
     kwargs = dict(options)
     cfg = timm.get_pretrained_cfg(model_name)
     if cfg is not None and cfg.to_dict().get("fixed_input_size"):
         kwargs.setdefault("img_size", input_size)
-    try:
-        return timm.create_model(model_name, pretrained=False, features_only=True, out_indices=LAST_FOUR, **kwargs), True
-    except TypeError as error:
-        # TypeError here is an option the model does not take: the user's mistake, report it
-        raise ValueError(f"timm model {model_name!r} rejected options {sorted(kwargs)}: {error}") from None
-    except Exception:  # noqa: BLE001  (timm raises various types for "no features_only"/"fewer levels")
-        pass
-    try:
-        return timm.create_model(model_name, pretrained=False, features_only=True, **kwargs), True
-    except Exception:  # noqa: BLE001
-        pass
-    return timm.create_model(model_name, pretrained=False, num_classes=0, global_pool="", **kwargs), False
+    attempts = (
+        {"features_only": True, "out_indices": LAST_FOUR},
+        {"features_only": True},  # fewer than four levels, or no negative out_indices
+        {"num_classes": 0, "global_pool": ""},  # no feature extraction at all: forward_features
+    )
+    for index, extra in enumerate(attempts):
+        last = index == len(attempts) - 1
+        try:
+            return timm.create_model(
+                model_name, pretrained=False, **extra, **kwargs
+            ), "features_only" in extra
+        except TypeError as error:
+            # the plain model failing on a keyword too means the user's options are at fault
+            if last:
+                raise ValueError(
+                    f"timm model {model_name!r} rejected options {sorted(kwargs)}: {error}"
+                ) from None
+        except Exception:  # noqa: BLE001  (timm raises various types for "no features_only"/"fewer levels")
+            if last:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class TimmBackbone(FaceBackbone):
@@ -116,7 +127,8 @@ class TimmBackbone(FaceBackbone):
             maps = self._trunk_maps(torch.zeros(1, 3, *self.input_size, device=device))
         except Exception as error:  # noqa: BLE001
             raise ValueError(
-                f"timm/{self.model_name} cannot run at input size {self.input_size}: {type(error).__name__}: {error}"
+                f"timm/{self.model_name} cannot run at input size {self.input_size}: "
+                f"{type(error).__name__}: {error}"
             ) from error
         finally:
             self.trunk.train(was_training)

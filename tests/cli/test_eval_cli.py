@@ -60,9 +60,14 @@ def test_state_dict_on_data_root_with_missing_sets(setup, tmp_path, capsys):
 def test_onnx_and_checkpoint_give_the_same_accuracy(setup, tmp_path):
     root, data, model = setup
     export_onnx(model, tmp_path / "model.onnx")
-    # a Lightning-style checkpoint whose hyper-parameters record the student backbone
+    # a checkpoint laid out like ekd.lit's RecognitionModule saves it (student.* weights, flat hparams)
     state = {f"student.{k}": v for k, v in model.state_dict().items()}
-    hparams = {"cfg": {"student": {"name": "iresnet18", "embedding_size": 8, "kwargs": {"base_width": 2}}}}
+    hparams = {
+        "backbone": "iresnet18",
+        "embedding_size": 8,
+        "backbone_kwargs": {"base_width": 2},
+        "num_classes": 3,
+    }
     torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
 
     accuracies = []
@@ -103,5 +108,5 @@ def test_bad_arguments_are_reported(setup, tmp_path):
     with pytest.raises(SystemExit, match="missing.bin does not exist"):
         main([str(root / "backbone.pth"), *BACKBONE_ARGS, "--bins", str(tmp_path / "missing.bin")])
     torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "bare.ckpt")
-    with pytest.raises(SystemExit, match="records no 'student' backbone config"):
+    with pytest.raises(SystemExit, match="records no 'backbone' name"):
         main([str(tmp_path / "bare.ckpt"), "--bins", str(data / "lfw.bin")])

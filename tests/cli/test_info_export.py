@@ -24,7 +24,12 @@ def test_info_lists_every_backbone_with_insightface_figures(capsys) -> None:
 
 
 def test_info_one_backbone_with_options(capsys) -> None:
-    assert info_cli.main(["--backbone", "iresnet18", "--option", "base_width=16", "--option", "input_size=[64,64]"]) == 0
+    assert (
+        info_cli.main(
+            ["--backbone", "iresnet18", "--option", "base_width=16", "--option", "input_size=[64,64]"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "iresnet18" in out and "16x32x32" in out and "128x4x4" in out and "iresnet50" not in out
 
@@ -47,10 +52,20 @@ def test_info_errors(capsys) -> None:
 
 def test_export_from_a_lightning_checkpoint(tmp_path, capsys) -> None:
     student = create_backbone("iresnet18", embedding_size=16, base_width=8, input_size=(32, 32))
-    torch.save({"state_dict": {f"student.{k}": v for k, v in student.state_dict().items()}}, tmp_path / "last.ckpt")
+    torch.save(
+        {"state_dict": {f"student.{k}": v for k, v in student.state_dict().items()}}, tmp_path / "last.ckpt"
+    )
     output = tmp_path / "student.onnx"
     code = export_cli.main(
-        ["--backbone", "iresnet18", "--checkpoint", str(tmp_path / "last.ckpt"), "--output", str(output), *TINY]
+        [
+            "--backbone",
+            "iresnet18",
+            "--checkpoint",
+            str(tmp_path / "last.ckpt"),
+            "--output",
+            str(output),
+            *TINY,
+        ]
     )
     assert code == 0
     err = capsys.readouterr().err
@@ -67,10 +82,24 @@ def test_export_without_checkpoint_warns(tmp_path, capsys) -> None:
 
 def test_export_errors_exit_with_a_message(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as info:
-        export_cli.main(["--backbone", "iresnet18", "--checkpoint", str(tmp_path / "no.ckpt"), "--output", "x.onnx"])
+        export_cli.main(
+            ["--backbone", "iresnet18", "--checkpoint", str(tmp_path / "no.ckpt"), "--output", "x.onnx"]
+        )
     assert info.value.code == 1
     assert "checkpoint file not found" in capsys.readouterr().err
-    torch.save(create_backbone("iresnet18", embedding_size=16, base_width=8, input_size=(32, 32)).state_dict(), tmp_path / "b.pth")
+    torch.save(
+        create_backbone("iresnet18", embedding_size=16, base_width=8, input_size=(32, 32)).state_dict(),
+        tmp_path / "b.pth",
+    )
     with pytest.raises(SystemExit):
-        export_cli.main(["--backbone", "iresnet18", "--checkpoint", str(tmp_path / "b.pth"), "--output", str(tmp_path / "o.onnx")])
+        export_cli.main(
+            [
+                "--backbone",
+                "iresnet18",
+                "--checkpoint",
+                str(tmp_path / "b.pth"),
+                "--output",
+                str(tmp_path / "o.onnx"),
+            ]
+        )
     assert "shape mismatches" in capsys.readouterr().err

@@ -35,7 +35,9 @@ def run(objective, s, t):
 def test_golden(gamma, order):
     s, t = rng(1).standard_normal((4, 3)), rng(2).standard_normal((4, 5))
     expected = ref_cckd(s, t, gamma, order)
-    assert run(create("cckd", gamma=gamma, order=order), s, t) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    assert run(create("cckd", gamma=gamma, order=order), s, t) == pytest.approx(
+        expected, rel=1e-12, abs=1e-300
+    )
     if order == 0:
         assert expected == 0.0  # a constant kernel carries no information
 

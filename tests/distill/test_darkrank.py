@@ -82,7 +82,9 @@ def test_limits_at_equality():
     scales = rng(6).uniform(0.5, 2.0, size=(7, 1))
     # soft: KL between identical distributions is 0 (normalised embeddings: per-sample scale is irrelevant)
     assert run(create("darkrank"), t * scales, t) == pytest.approx(0.0, abs=1e-12)
-    assert run(create("darkrank", soft_distribution="top_one"), t * scales, t) == pytest.approx(0.0, abs=1e-12)
+    assert run(create("darkrank", soft_distribution="top_one"), t * scales, t) == pytest.approx(
+        0.0, abs=1e-12
+    )
     # hard: the student's negative log-likelihood of the teacher's order stays positive
     hard = run(create("darkrank", variant="hard"), t, t)
     assert hard == pytest.approx(ref_darkrank(t, t, "hard"), rel=1e-9) and hard > 0

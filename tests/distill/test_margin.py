@@ -39,7 +39,12 @@ def ref_margin_loss(f_s, f_t, centres, labels, scale=64.0, m_min=0.2, m_max=0.5)
 
 def make(seed=0, b=4, c=5, d=3):
     r = rng(seed)
-    return r.standard_normal((b, d)), r.standard_normal((b, d)), r.standard_normal((c, d)), list(r.integers(0, c, b))
+    return (
+        r.standard_normal((b, d)),
+        r.standard_normal((b, d)),
+        r.standard_normal((c, d)),
+        list(r.integers(0, c, b)),
+    )
 
 
 def objective_with(centres, **hparams):

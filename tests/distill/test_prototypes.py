@@ -40,7 +40,11 @@ def expected() -> torch.Tensor:
     r = 1 / math.sqrt(2)
     c2 = torch.tensor([2 * r - 1, 2 * r], dtype=torch.float64)
     return torch.stack(
-        [torch.tensor([r, r], dtype=torch.float64), torch.tensor([0.0, -1.0], dtype=torch.float64), c2 / c2.norm()]
+        [
+            torch.tensor([r, r], dtype=torch.float64),
+            torch.tensor([0.0, -1.0], dtype=torch.float64),
+            c2 / c2.norm(),
+        ]
     ).float()
 
 
@@ -76,7 +80,9 @@ def test_cache_miss_hit_refusal_and_overwrite(tmp_path):
     assert path.exists() and torch.allclose(first, expected(), atol=1e-7)
     hit = load_or_compute_prototypes(path, "teacher-abc|ds-1", Forbidden(), BATCHES, 3)
     assert torch.equal(hit, first)
-    with pytest.raises(ValueError, match=r"made for fingerprint 'teacher-abc\|ds-1'.*'teacher-xyz\|ds-1'.*overwrite"):
+    with pytest.raises(
+        ValueError, match=r"made for fingerprint 'teacher-abc\|ds-1'.*'teacher-xyz\|ds-1'.*overwrite"
+    ):
         load_or_compute_prototypes(path, "teacher-xyz|ds-1", Forbidden(), BATCHES, 3)
     # overwrite: recomputed with the new teacher (negated embeddings) and the file now carries the new key
     negating = nn.Linear(2, 2, bias=False)
@@ -94,5 +100,5 @@ def test_corrupt_cache_is_named(tmp_path):
     with pytest.raises(ValueError, match=f"prototypes cache {path} is not a readable"):
         load_or_compute_prototypes(path, "fp", Forbidden(), BATCHES, 3)
     torch.save({"something": 1}, path)
-    with pytest.raises(ValueError, match="is not a ekd.prototypes/1 file"):
+    with pytest.raises(ValueError, match="is not an ekd.prototypes/1 file"):
         load_or_compute_prototypes(path, "fp", Forbidden(), BATCHES, 3)

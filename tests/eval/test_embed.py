@@ -118,33 +118,6 @@ def test_shard_bounds_cover_in_order():
     assert [shard_bounds(1, 2, r) for r in range(2)] == [(0, 1), (1, 1)]
 
 
-def _shard_worker(rank: int, world_size: int) -> dict:
-    torch.manual_seed(0)
-    model = TinyConvNet()
-    images, _ = random_pair_images(5, seed=9)  # 10 images
-    out = {}
-    for count in (10, 7, 1):  # uneven shards, and a rank with nothing to embed
-        res = extract_embeddings(model, images[:count], batch_size=2, shard=True)
-        out[count] = (res.raw, res.xnorm)
-    return out
-
-
-@pytest.mark.ddp
-def test_sharded_extraction_two_processes_equals_single_process():
-    from tests.ddp_utils import run_gloo
-
-    results = run_gloo(_shard_worker)
-    torch.manual_seed(0)
-    model = TinyConvNet()
-    images, _ = random_pair_images(5, seed=9)
-    for count in (10, 7, 1):
-        single = extract_embeddings(model, images[:count], batch_size=2)
-        for rank_result in results:
-            raw, xnorm = rank_result[count]
-            torch.testing.assert_close(raw, single.raw)
-            assert xnorm == pytest.approx(single.xnorm, rel=1e-6)
-
-
 def test_autocast_overflow_falls_back_to_fp32():
     from ekd.eval.embed import TorchEmbedder
 

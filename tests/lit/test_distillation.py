@@ -1,4 +1,4 @@
-"""DistillationModule: frozen teacher, checkpoints, feature checks, teacher logits / centres, every objective."""
+"""DistillationModule: frozen teacher, checkpoints, feature checks, teacher logits/centres, objectives."""
 
 from __future__ import annotations
 
@@ -36,10 +36,16 @@ from tests.lit.common import (
 @pytest.fixture(scope="module")
 def teacher_files(tmp_path_factory) -> dict[str, Any]:
     directory = tmp_path_factory.mktemp("teachers")
-    return {"ckpt": train_teacher_checkpoint(directory), "plain": plain_teacher_file(directory), "dir": directory}
+    return {
+        "ckpt": train_teacher_checkpoint(directory),
+        "plain": plain_teacher_file(directory),
+        "dir": directory,
+    }
 
 
-def distillation_module(teacher_checkpoint, objectives: dict | None = None, **kwargs: Any) -> DistillationModule:
+def distillation_module(
+    teacher_checkpoint, objectives: dict | None = None, **kwargs: Any
+) -> DistillationModule:
     options: dict[str, Any] = {
         "backbone": STUDENT,
         "num_classes": NUM_CLASSES,
@@ -97,7 +103,9 @@ def test_checkpoint_without_teacher_and_reload(teacher_files, tmp_path):
     reloaded = DistillationModule.load_from_checkpoint(path, weights_only=True)  # strict loading
     for key, value in module.student.state_dict().items():
         assert torch.equal(reloaded.student.state_dict()[key], value), key
-    assert torch.equal(reloaded.objectives["ekd"].student_thresholds, module.objectives["ekd"].student_thresholds)
+    assert torch.equal(
+        reloaded.objectives["ekd"].student_thresholds, module.objectives["ekd"].student_thresholds
+    )
     for key, value in module.teacher.state_dict().items():  # re-read from the teacher file
         assert torch.equal(reloaded.teacher.state_dict()[key], value), key
     assert not reloaded.teacher.training
@@ -153,7 +161,9 @@ class _FlatBackbone(FaceBackbone):
 
 
 if _FLAT not in list_backbones():
-    register_backbone(_FLAT)(lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size))
+    register_backbone(_FLAT)(
+        lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size)
+    )
 
 
 def test_missing_feature_field_fails_at_construction(teacher_files):
@@ -179,7 +189,9 @@ def test_kd_logits_follow_the_feature_contract(teacher_files):
     module.training_step((images, labels), 0)
     student, teacher, seen_labels = capture.calls[-1]
     assert torch.equal(seen_labels, labels)
-    centres = torch.load(teacher_files["ckpt"], weights_only=True)["state_dict"]["recognition.classifier.weight"]
+    centres = torch.load(teacher_files["ckpt"], weights_only=True)["state_dict"][
+        "recognition.classifier.weight"
+    ]
     with torch.no_grad():
         f_t = module.teacher.forward_features(images).embedding
     expected_t = 32.0 * F.normalize(f_t.double(), dim=1) @ F.normalize(centres.double(), dim=1).t()
@@ -254,7 +266,9 @@ def test_fitnet_hint_only_phase(teacher_files):
 
 
 def test_batch_layout_must_match_the_batch(teacher_files):
-    module = distillation_module(teacher_files["ckpt"], {"ekd": {"topk": 5}}, batch_layout=[4, 2], recognition_rows=4)
+    module = distillation_module(
+        teacher_files["ckpt"], {"ekd": {"topk": 5}}, batch_layout=[4, 2], recognition_rows=4
+    )
     with pytest.raises(ValueError, match=r"batch_layout \[4, 2\] does not add up to the batch size 8"):
         module.training_step(next(iter(loader(batch_size=8))), 0)
 
@@ -269,8 +283,14 @@ def test_nonfinite_objective_term_is_named(teacher_files):
 
 @pytest.mark.parametrize("name", ekd.distill.list_objectives())
 def test_every_objective_trains_one_step(teacher_files, name):
-    hparams: dict[str, Any] = {"ekd": {"topk": 10}, "darkrank": {}, "shrinkteanet": {"stages": ["stage4"]}}.get(name, {})
-    student = dict(backbone="mbf", backbone_kwargs={"width_mult": 0.25, "input_size": SIZE})  # regressors needed
+    hparams: dict[str, Any] = {
+        "ekd": {"topk": 10},
+        "darkrank": {},
+        "shrinkteanet": {"stages": ["stage4"]},
+    }.get(name, {})
+    student = dict(
+        backbone="mbf", backbone_kwargs={"width_mult": 0.25, "input_size": SIZE}
+    )  # regressors needed
     module = distillation_module(teacher_files["ckpt"], {name: hparams}, **student)
     before = {k: v.detach().clone() for k, v in module.student.named_parameters()}
     fit = trainer(max_steps=1)

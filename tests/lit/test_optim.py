@@ -19,7 +19,9 @@ from ekd.lit.optim import (
 )
 
 
-def _lrs(cfg: ScheduleConfig, steps: int, steps_per_epoch: int, total_steps: int, lr: float = 0.1) -> list[float]:
+def _lrs(
+    cfg: ScheduleConfig, steps: int, steps_per_epoch: int, total_steps: int, lr: float = 0.1
+) -> list[float]:
     """The lr of every optimizer step, stepping the scheduler as Lightning does (once per step)."""
     param = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=lr)
@@ -40,7 +42,9 @@ def test_step_schedule_epoch_milestones():
 
 
 def test_step_schedule_with_warmup_and_floor():
-    cfg = ScheduleConfig(name="step", milestones=(1, 2), gamma=0.1, warmup_epochs=0.5, warmup_start_factor=0.1)
+    cfg = ScheduleConfig(
+        name="step", milestones=(1, 2), gamma=0.1, warmup_epochs=0.5, warmup_start_factor=0.1
+    )
     lrs = _lrs(cfg, 25, 10, 30)
     # warm-up over 5 steps: 0.1 * (0.1 + 0.9 s / 5)
     for s in range(5):
@@ -167,7 +171,9 @@ def test_build_optimizer_kinds():
     params = [nn.Parameter(torch.zeros(2))]
     sgd = build_optimizer(params, {"name": "sgd", "lr": 0.2, "nesterov": True})
     assert isinstance(sgd, torch.optim.SGD)
-    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 5e-4
+    assert (
+        sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 5e-4
+    )
     adamw = build_optimizer(params, {"name": "adamw", "lr": 1e-3, "betas": [0.8, 0.99], "weight_decay": 0.05})
     assert isinstance(adamw, torch.optim.AdamW)
     assert adamw.defaults["betas"] == (0.8, 0.99) and adamw.defaults["weight_decay"] == 0.05

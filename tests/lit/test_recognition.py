@@ -44,8 +44,14 @@ def test_fit_lowers_the_loss_and_logs():
     assert len(losses.epoch_losses) == 6
     assert losses.epoch_losses[-1] < 0.7 * losses.epoch_losses[0], losses.epoch_losses
     logged = fit.callback_metrics
-    for key in ("train/loss", "train/loss_recognition", "train/loss_center", "train/acc", "train/lr",
-                "train/embedding_norm"):
+    for key in (
+        "train/loss",
+        "train/loss_recognition",
+        "train/loss_center",
+        "train/acc",
+        "train/lr",
+        "train/embedding_norm",
+    ):
         assert any(k.startswith(key) for k in logged), key
     assert all(math.isfinite(float(v)) for v in logged.values())
 
@@ -61,7 +67,9 @@ def _arcface_ce_float64(embedding, weight, labels, s, m):
 
 
 def test_training_step_values_on_recognition_rows():
-    module = recognition_module(recognition_rows=3, aux_losses={"triplet": {"weight": 0.5, "mining": "batch_hard"}})
+    module = recognition_module(
+        recognition_rows=3, aux_losses={"triplet": {"weight": 0.5, "mining": "batch_hard"}}
+    )
     images, labels = next(iter(loader(batch_size=8)))
     module.training_step((images, labels), 0)
     logged = module.last_logged
@@ -71,7 +79,9 @@ def test_training_step_values_on_recognition_rows():
     assert float(logged["loss_recognition"]) == pytest.approx(float(expected), rel=1e-4)
     cos = F.normalize(embedding[:3].double(), dim=1) @ F.normalize(weight.double(), dim=1).t()
     assert float(logged["acc"]) == pytest.approx(float((cos.argmax(1) == labels[:3]).double().mean()))
-    assert float(logged["embedding_norm"]) == pytest.approx(float(embedding.double().norm(dim=1).mean()), rel=1e-5)
+    assert float(logged["embedding_norm"]) == pytest.approx(
+        float(embedding.double().norm(dim=1).mean()), rel=1e-5
+    )
     total = float(logged["loss_recognition"]) + 0.5 * float(logged["loss_triplet"])
     assert float(logged["loss"]) == pytest.approx(total, rel=1e-6)
 
@@ -99,7 +109,9 @@ def test_optimizer_groups_and_schedule_in_the_trainer():
     assert id(module.student.conv1.weight) not in no_decay
     assert id(module.recognition.head.weight) in {id(p) for p in groups["decay"]["params"]}
     # the fixed BN1d scale of iresnet is not trained
-    assert id(module.student.features.weight) not in {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert id(module.student.features.weight) not in {
+        id(p) for g in optimizer.param_groups for p in g["params"]
+    }
 
 
 def test_bf16_mixed_channels_last_and_clipping_run():

@@ -47,7 +47,11 @@ def iresnet_layout(
 
 
 def _conv_block(p: str, cin: int, cout: int, k: int, groups: int = 1) -> dict[str, tuple[int, ...]]:
-    return {f"{p}.layers.0.weight": (cout, cin // groups, k, k), **_bn(f"{p}.layers.1", cout), f"{p}.layers.2.weight": (cout,)}
+    return {
+        f"{p}.layers.0.weight": (cout, cin // groups, k, k),
+        **_bn(f"{p}.layers.1", cout),
+        f"{p}.layers.2.weight": (cout,),
+    }
 
 
 def _linear_block(p: str, cin: int, cout: int, k: int, groups: int = 1) -> dict[str, tuple[int, ...]]:
@@ -63,7 +67,9 @@ def _depthwise(p: str, cin: int, cout: int, g: int) -> dict[str, tuple[int, ...]
 
 
 # insightface mbf: stem 128 (layers.1 with 64 groups), trunk 128 / 256, expansions 128, 256, 512, 256
-MBF_WIDTHS = dict(stem=128, stem_groups=64, wide=256, e1=128, e2=256, e3=512, sep=512, blocks=(4, 6, 2), kernel=7)
+MBF_WIDTHS = dict(
+    stem=128, stem_groups=64, wide=256, e1=128, e2=256, e3=512, sep=512, blocks=(4, 6, 2), kernel=7
+)
 
 
 def mbf_layout(widths: dict = MBF_WIDTHS, embedding: int = 512) -> dict[str, tuple[int, ...]]:
@@ -113,7 +119,14 @@ def random_state_dict(layout: dict[str, tuple[int, ...]], seed: int = 0) -> dict
 
 def _bn_f(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
     return F.batch_norm(
-        x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"], False, 0.0, 1e-5
+        x,
+        sd[f"{p}.running_mean"],
+        sd[f"{p}.running_var"],
+        sd[f"{p}.weight"],
+        sd[f"{p}.bias"],
+        False,
+        0.0,
+        1e-5,
     )
 
 
@@ -129,7 +142,9 @@ def iresnet_reference_forward(sd: dict, x: torch.Tensor, depths=(2, 2, 2, 2)) ->
             out = F.prelu(_bn_f(out, sd, f"{p}.bn2"), sd[f"{p}.prelu.weight"])
             out = _bn_f(F.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride, padding=1), sd, f"{p}.bn3")
             if i == 0:
-                shortcut = _bn_f(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=2), sd, f"{p}.downsample.1")
+                shortcut = _bn_f(
+                    F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=2), sd, f"{p}.downsample.1"
+                )
             else:
                 shortcut = x
             x = out + shortcut
@@ -139,7 +154,11 @@ def iresnet_reference_forward(sd: dict, x: torch.Tensor, depths=(2, 2, 2, 2)) ->
 
 
 def _conv_block_f(x, sd, p, stride=1, padding=0, groups=1, act=True):
-    x = _bn_f(F.conv2d(x, sd[f"{p}.layers.0.weight"], stride=stride, padding=padding, groups=groups), sd, f"{p}.layers.1")
+    x = _bn_f(
+        F.conv2d(x, sd[f"{p}.layers.0.weight"], stride=stride, padding=padding, groups=groups),
+        sd,
+        f"{p}.layers.1",
+    )
     return F.prelu(x, sd[f"{p}.layers.2.weight"]) if act else x
 
 

@@ -30,14 +30,33 @@ ALL = [*list_backbones(), TIMM_SMALL]
 
 # documented shapes at the defaults (112 x 112)
 DOCUMENTED = {
-    "iresnet": {"stage1": (64, 56, 56), "stage2": (128, 28, 28), "stage3": (256, 14, 14), "stage4": (512, 7, 7)},
+    "iresnet": {
+        "stage1": (64, 56, 56),
+        "stage2": (128, 28, 28),
+        "stage3": (256, 14, 14),
+        "stage4": (512, 7, 7),
+    },
     "mbf": {"stage1": (128, 56, 56), "stage2": (128, 28, 28), "stage3": (256, 14, 14), "stage4": (512, 7, 7)},
-    "mobilefacenet": {"stage1": (64, 56, 56), "stage2": (64, 28, 28), "stage3": (128, 14, 14), "stage4": (512, 7, 7)},
+    "mobilefacenet": {
+        "stage1": (64, 56, 56),
+        "stage2": (64, 28, 28),
+        "stage3": (128, 14, 14),
+        "stage4": (512, 7, 7),
+    },
 }
 
 
 def test_registry_holds_the_briefed_backbones() -> None:
-    expected = {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mbf", "mobilefacenet", "resnet18"}
+    expected = {
+        "iresnet18",
+        "iresnet34",
+        "iresnet50",
+        "iresnet100",
+        "iresnet200",
+        "mbf",
+        "mobilefacenet",
+        "resnet18",
+    }
     assert expected <= set(list_backbones())
 
 
@@ -145,3 +164,23 @@ def test_dropout_option_is_applied_in_training_only() -> None:
 def test_bad_options_are_clear_errors(name: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_backbone(name, **options)
+
+
+def test_timm_model_without_features_only_falls_back_to_forward_features(monkeypatch) -> None:
+    import timm
+
+    real_create = timm.create_model
+
+    def no_feature_extraction(name, **kwargs):
+        if kwargs.get("features_only"):
+            raise RuntimeError("features_only not implemented for this model")
+        return real_create(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_feature_extraction)
+    model = create_backbone("timm/resnet10t", embedding_size=8, input_size=(64, 64)).eval()
+    assert not model.features_only
+    # forward_features of a ResNet is its last map (stride 32): only stage4 exists
+    assert model.stage_shapes == {"stage4": (512, 2, 2)}
+    with torch.no_grad():
+        features = model.forward_features(torch.zeros(2, 3, 64, 64))
+    assert list(features.stages) == ["stage4"] and features.embedding.shape == (2, 8)

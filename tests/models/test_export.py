@@ -15,7 +15,10 @@ from ekd.models.export import ExportVerificationError
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("iresnet18", {"base_width": 8, "input_size": (32, 32)}), ("mbf", {"width_mult": 0.25, "input_size": (32, 32)})],
+    [
+        ("iresnet18", {"base_width": 8, "input_size": (32, 32)}),
+        ("mbf", {"width_mult": 0.25, "input_size": (32, 32)}),
+    ],
 )
 def test_onnx_matches_torch_with_dynamic_batch(tmp_path, name: str, options: dict) -> None:
     model = create_backbone(name, embedding_size=16, **options).train()

@@ -42,9 +42,13 @@ def test_mbf_state_dict_layout_matches_insightface() -> None:
 
 def test_mobilefacenet_is_insightface_mobilefacenet_at_scale_1() -> None:
     # Chen et al.'s table: trunk 64 / 128, expansions 128, 256, 512, 256, depthwise stem (64 groups)
-    chen = dict(stem=64, stem_groups=64, wide=128, e1=128, e2=256, e3=512, sep=512, blocks=(4, 6, 2), kernel=7)
+    chen = dict(
+        stem=64, stem_groups=64, wide=128, e1=128, e2=256, e3=512, sep=512, blocks=(4, 6, 2), kernel=7
+    )
     with torch.device("meta"):
-        assert _model_table(create_backbone("mobilefacenet", embedding_size=128)) == mbf_layout(chen, embedding=128)
+        assert _model_table(create_backbone("mobilefacenet", embedding_size=128)) == mbf_layout(
+            chen, embedding=128
+        )
 
 
 def test_iresnet18_insightface_file_loads_strictly_and_gives_insightface_embeddings(tmp_path) -> None:
@@ -72,7 +76,9 @@ def test_full_size_iresnet18_loads_strictly(tmp_path) -> None:
 def test_mbf_insightface_file_loads_strictly_and_gives_insightface_embeddings(tmp_path) -> None:
     state = random_state_dict(mbf_layout(TINY_MBF, embedding=24), seed=1)
     torch.save(state, tmp_path / "model.pt")
-    model = load_backbone("mbf", tmp_path / "model.pt", embedding_size=24, width_mult=0.25, input_size=(32, 32))
+    model = load_backbone(
+        "mbf", tmp_path / "model.pt", embedding_size=24, width_mult=0.25, input_size=(32, 32)
+    )
     model = model.double()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2 - 1
     reference = mbf_reference_forward({k: v.double() for k, v in state.items()}, x, TINY_MBF)

@@ -20,7 +20,12 @@ def test_unknown_name_lists_the_known_ones() -> None:
 
 def test_names_are_in_natural_order_and_families_separate() -> None:
     names = list_backbones()
-    assert names.index("iresnet18") < names.index("iresnet34") < names.index("iresnet50") < names.index("iresnet100")
+    assert (
+        names.index("iresnet18")
+        < names.index("iresnet34")
+        < names.index("iresnet50")
+        < names.index("iresnet100")
+    )
     assert list_backbone_families() == ["timm/*"]
     assert not any("/" in name for name in names)
 

@@ -1,0 +1,203 @@
+"""FaceRecordDataset / FaceFolderDataset / pack_folder: labels, pixels, both header styles, bad input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset, pack_folder, write_face_records
+from ekd.data.errors import DataError, RecordIOError
+from ekd.data.images import decode_image, encode_jpeg, encode_png, fit_to_size
+from ekd.data.recordio import RecordWriter, pack_payload, unpack_payload
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(n)]
+
+
+LABELS = [0, 0, 0, 1, 2, 2]
+
+
+@pytest.fixture()
+def insightface_root(tmp_path):
+    images = _images(len(LABELS))
+    write_face_records(tmp_path, [encode_png(im) for im in images], LABELS, num_classes=3)
+    return tmp_path, images
+
+
+def test_insightface_layout_header_and_identity_records(insightface_root):
+    root, _ = insightface_root
+    dataset = FaceRecordDataset(root, flip=False)
+    reader = dataset.reader
+    header0 = reader.read_header(0)
+    # Record 0: [A, B] with A = 1 + number of images, B = A + number of identities.
+    np.testing.assert_array_equal(header0.label, [7.0, 10.0])
+    ranges = [tuple(reader.read_header(k).label.tolist()) for k in (7, 8, 9)]
+    assert ranges == [(1.0, 4.0), (4.0, 5.0), (5.0, 7.0)]
+    assert (root / "property").read_text() == "3,112,112"
+    assert dataset.labels.dtype == np.int64
+    np.testing.assert_array_equal(dataset.labels, LABELS)
+    assert dataset.num_classes == 3 and len(dataset) == 6
+
+
+def test_samples_are_normalised_rgb(insightface_root):
+    root, images = insightface_root
+    dataset = FaceRecordDataset(root, flip=False)
+    image, label = dataset[4]
+    assert label == 2 and image.dtype == torch.float32 and image.shape == (3, 112, 112)
+    expected = (torch.from_numpy(images[4]).permute(2, 0, 1).double() - 127.5) / 127.5
+    torch.testing.assert_close(image.double(), expected, rtol=0, atol=1e-6)
+    assert image.min() >= -1.0 and image.max() <= 1.0
+
+
+def test_flip_is_random_and_horizontal(insightface_root):
+    root, _ = insightface_root
+    plain = FaceRecordDataset(root, flip=False)[0][0]
+    flipping = FaceRecordDataset(root, flip=True)
+    torch.manual_seed(0)
+    seen = {"plain": 0, "flipped": 0}
+    for _ in range(20):
+        image = flipping[0][0]
+        if torch.equal(image, plain):
+            seen["plain"] += 1
+        else:
+            torch.testing.assert_close(image, plain.flip(-1), rtol=0, atol=0)
+            seen["flipped"] += 1
+    assert seen["plain"] > 0 and seen["flipped"] > 0
+
+
+def test_transform_applies_after_normalisation(insightface_root):
+    root, _ = insightface_root
+    dataset = FaceRecordDataset(root, transform=lambda x: x * 0 + 0.25, flip=False)
+    assert torch.all(dataset[0][0] == 0.25)
+
+
+def test_im2rec_file_without_header_and_label_arrays(tmp_path):
+    images = _images(3)
+    labels = [[2.0, 0.5], 0.0, [1.0, 9.0, 9.0]]  # label arrays: the first value is the class
+    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
+        for key, (image, label) in enumerate(zip(images, labels)):
+            writer.write(key, pack_payload(label, encode_png(image), id=key))
+    dataset = FaceRecordDataset(tmp_path, flip=False)
+    np.testing.assert_array_equal(dataset.keys, [0, 1, 2])
+    np.testing.assert_array_equal(dataset.labels, [2, 0, 1])
+    assert dataset.num_classes == 3  # no property file: max label + 1
+    assert dataset[0][1] == 2
+
+
+def test_identity_ranges_inconsistent_with_labels_fall_back_to_headers(tmp_path):
+    images = _images(2)
+    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
+        writer.write(0, pack_payload([3.0, 4.0], b""))
+        writer.write(1, pack_payload(5.0, encode_png(images[0]), id=1))
+        writer.write(2, pack_payload(5.0, encode_png(images[1]), id=2))
+        writer.write(3, pack_payload([1.0, 3.0], b"", id=3))
+    (tmp_path / "property").write_text("6,112,112")
+    dataset = FaceRecordDataset(tmp_path)
+    np.testing.assert_array_equal(dataset.labels, [5, 5])
+
+
+def test_label_out_of_range_names_record(insightface_root):
+    root, _ = insightface_root
+    (root / "property").write_text("2,112,112")
+    with pytest.raises(DataError, match=r"train\.rec: record key 5 has label 2, expected 0 <= label < num_classes = 2"):
+        FaceRecordDataset(root)
+
+
+def test_malformed_property(insightface_root):
+    root, _ = insightface_root
+    (root / "property").write_text("three,112")
+    with pytest.raises(DataError, match=r"property: content 'three,112'"):
+        FaceRecordDataset(root)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(RecordIOError, match=r"train\.rec: record file not found"):
+        FaceRecordDataset(tmp_path)
+
+
+def test_undecodable_payload_names_record(tmp_path):
+    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
+        writer.write(0, pack_payload(0.0, b"\xff\xd8 not really a jpeg", id=0))
+    dataset = FaceRecordDataset(tmp_path)
+    with pytest.raises(DataError, match=r"train\.rec record 0: cannot decode"):
+        dataset[0]
+
+
+def test_jpeg_decoders_agree_with_pil(tmp_path):
+    image = _images(1)[0]
+    data = encode_jpeg(image, quality=90)
+    with Image.open(io.BytesIO(data)) as im:
+        reference = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(decode_image(data).permute(1, 2, 0).numpy(), reference)
+
+
+def test_fit_to_size_crops_centre_and_resizes():
+    wide = torch.zeros(3, 112, 200, dtype=torch.uint8)
+    wide[0] = torch.arange(200, dtype=torch.uint8)[None, :]  # red = column index
+    out = fit_to_size(wide)
+    assert out.shape == (3, 112, 112)
+    # Shorter side already 112: no resampling, crop offset (200 - 112) // 2 = 44.
+    np.testing.assert_array_equal(out[0, 0].numpy(), np.arange(44, 156))
+    constant = torch.full((3, 224, 300), 77, dtype=torch.uint8)
+    assert torch.all(fit_to_size(constant) == 77)
+
+
+def _folder(tmp_path, sizes=((112, 112), (150, 120))):
+    root = tmp_path / "faces"
+    rng = np.random.default_rng(1)
+    saved = {}
+    for name, count in (("bob", 2), ("alice", 1), ("carol", 3)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            w, h = sizes[i % len(sizes)]
+            # Smooth images: JPEG keeps them close, so re-encoding can be checked pixel-wise.
+            ramp = np.linspace(0.0, 60.0, w)[None, :, None] + np.linspace(0.0, 60.0, h)[:, None, None]
+            image = (rng.uniform(40, 140, 3)[None, None, :] + ramp).astype(np.uint8)
+            path = root / name / f"{i}.{'jpg' if i % 2 == 0 else 'png'}"
+            Image.fromarray(image).save(path, quality=95)
+            saved[path] = image
+    (root / "notes.txt").write_text("ignored: not a folder")
+    return root, saved
+
+
+def test_folder_dataset_sorted_labels_and_resize(tmp_path):
+    root, _ = _folder(tmp_path)
+    dataset = FaceFolderDataset(root, flip=False)
+    assert dataset.classes == ["alice", "bob", "carol"]
+    np.testing.assert_array_equal(dataset.labels, [0, 1, 1, 2, 2, 2])
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        assert image.shape == (3, 112, 112) and label == dataset.labels[i]
+
+
+def test_empty_identity_folder(tmp_path):
+    root, _ = _folder(tmp_path)
+    (root / "dave").mkdir()
+    with pytest.raises(DataError, match=r"dave: identity folder has no images"):
+        FaceFolderDataset(root)
+    with pytest.raises(DataError, match="image folder not found"):
+        FaceFolderDataset(tmp_path / "nope")
+
+
+def test_pack_folder_round_trip(tmp_path):
+    root, _ = _folder(tmp_path)
+    out = tmp_path / "packed"
+    assert pack_folder(root, out) == (6, 3)
+    records = FaceRecordDataset(out, flip=False)
+    folder = FaceFolderDataset(root, flip=False)
+    np.testing.assert_array_equal(records.labels, folder.labels)
+    assert records.num_classes == 3
+    for i, (path, _) in enumerate(folder.samples):
+        payload_image, _ = records.read_uint8(i)
+        if path.suffix == ".jpg" and Image.open(path).size == (112, 112):
+            # 112 x 112 JPEGs are stored byte for byte.
+            assert unpack_payload(records.reader.read(int(records.keys[i])))[1] == path.read_bytes()
+        reference = fit_to_size(decode_image(path.read_bytes()))
+        diff = (payload_image.int() - reference.int()).abs().float().mean()
+        assert diff < 2.0  # JPEG re-encoding of a smooth image at quality 95
