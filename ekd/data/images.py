@@ -117,6 +117,17 @@ def fit_to_size(image: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
 
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB -> float32 ``(x - 127.5) / 127.5`` in [-1, 1] (the ArcFace input convention)."""
-    return image.to(torch.float32).sub_(127.5).div_(127.5)
+def normalize(image: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """uint8 RGB 3 x H x W -> contiguous float32 ``(x - 127.5) / 127.5`` in [-1, 1] (ArcFace input).
+
+    ``flip`` mirrors the image horizontally in the same pass. Done in numpy into one preallocated
+    array: fewer passes than chained torch ops on a (possibly channels-last) decoder view, and the
+    contiguous result makes the DataLoader's collate a plain copy.
+    """
+    src = image.numpy()
+    if flip:
+        src = src[:, :, ::-1]
+    out = np.empty(src.shape, dtype=np.float32)
+    np.subtract(src, np.float32(127.5), out=out, dtype=np.float32)
+    out /= np.float32(127.5)
+    return torch.from_numpy(out)

@@ -60,15 +60,20 @@ def test_state_dict_on_data_root_with_missing_sets(setup, tmp_path, capsys):
 def test_onnx_and_checkpoint_give_the_same_accuracy(setup, tmp_path):
     root, data, model = setup
     export_onnx(model, tmp_path / "model.onnx")
-    # a checkpoint laid out like ekd.lit's RecognitionModule saves it (student.* weights, flat hparams)
-    state = {f"student.{k}": v for k, v in model.state_dict().items()}
-    hparams = {
-        "backbone": "iresnet18",
-        "embedding_size": 8,
-        "backbone_kwargs": {"base_width": 2},
-        "num_classes": 3,
-    }
-    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "last.ckpt")
+    # a real Lightning checkpoint of ekd.lit's RecognitionModule holding the same weights
+    import pytorch_lightning as pl
+
+    from ekd.lit import RecognitionModule
+
+    module = RecognitionModule(
+        "iresnet18", num_classes=3, backbone_kwargs={"base_width": 2}, embedding_size=8
+    )
+    module.student.load_state_dict(model.state_dict())
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
 
     accuracies = []
     for argv in (

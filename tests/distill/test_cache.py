@@ -1,0 +1,298 @@
+"""Teacher embedding cache: values against the online teacher, sharding, keys, refusals, ekd-cache CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ekd.cli.cache import main as cache_main
+from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset, write_face_records
+from ekd.data.images import encode_png
+from ekd.distill import create as create_objective
+from ekd.distill.cache import (
+    BUILDING_MARKER,
+    EMBEDDINGS_FILE,
+    INDEX_FILE,
+    TeacherCacheError,
+    TeacherCacheMismatchError,
+    TeacherEmbeddingCache,
+    build_teacher_cache,
+    cache_unusable_reason,
+    dataset_fingerprint,
+    fill_cache_shard,
+    finalize_cache,
+    make_index,
+    prepare_cache,
+    shard_range,
+    stage_feature_users,
+)
+from ekd.models import create_backbone, file_sha256
+from tests.ddp_utils import run_gloo
+
+TEACHER = "iresnet18"
+TEACHER_KW = {"base_width": 8, "embedding_size": 16}
+LABELS = [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def _write_records(root: Path, labels=LABELS, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in labels]
+    write_face_records(root, [encode_png(im) for im in images], labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cache")
+    data = _write_records(base / "data")
+    torch.manual_seed(3)
+    teacher = create_backbone(TEACHER, **TEACHER_KW).eval()
+    checkpoint = base / "teacher.pth"
+    torch.save(teacher.state_dict(), checkpoint)
+    sha = file_sha256(checkpoint)
+    dataset = FaceRecordDataset(data, flip=False)
+    out = base / "cache"
+    build_teacher_cache(teacher, dataset, out, TEACHER, sha, TEACHER_KW, checkpoint, batch_size=4)
+    return {"base": base, "data": data, "teacher": teacher, "checkpoint": checkpoint, "sha": sha, "cache": out}
+
+
+def _online(teacher: nn.Module, dataset: FaceRecordDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's float64 embeddings of every image and of its mirror image, one image at a time."""
+    teacher64 = create_backbone(TEACHER, **TEACHER_KW).double().eval()
+    teacher64.load_state_dict(teacher.state_dict())
+    images = torch.stack([dataset[(i, False)][0] for i in range(len(dataset))]).double()
+    with torch.no_grad():
+        return teacher64(images), teacher64(images.flip(-1))
+
+
+def _within_float16(cached: torch.Tensor, exact: torch.Tensor) -> None:
+    # float32 forward (~1e-6 relative) then rounding to float16: relative error <= 2^-11 (+ subnormals)
+    bound = exact.abs() * (2.0**-11 + 1e-5) + 2.0**-24
+    assert bool(((cached.double() - exact).abs() <= bound).all())
+
+
+def test_cached_embeddings_are_the_teacher_embeddings_of_image_and_mirror(setup):
+    dataset = FaceRecordDataset(setup["data"], flip=False)
+    plain, mirrored = _online(setup["teacher"], dataset)
+    cache = TeacherEmbeddingCache(setup["cache"])
+    n = len(LABELS)
+    assert cache.num_images == n and cache.embedding_size == 16
+    everything = torch.arange(n)
+    _within_float16(cache.lookup(everything, torch.zeros(n, dtype=torch.bool)), plain)
+    _within_float16(cache.lookup(everything, torch.ones(n, dtype=torch.bool)), mirrored)
+    # mixed flags pick row by row
+    flags = torch.tensor([i % 3 == 0 for i in range(n)])
+    mixed = cache.lookup(everything, flags)
+    expected = torch.where(flags[:, None], mirrored, plain)
+    _within_float16(mixed, expected)
+    assert mixed.dtype == torch.float32
+    # the mirror embedding really differs (the cache does not store the same thing twice)
+    assert not torch.allclose(plain, mirrored, rtol=1e-2)
+    np.testing.assert_array_equal(cache.labels, LABELS)
+    assert np.load(setup["cache"] / EMBEDDINGS_FILE, mmap_mode="r").dtype == np.float16
+
+
+def test_index_is_keyed_by_dataset_fingerprint_and_teacher_sha(setup):
+    index = json.loads((setup["cache"] / INDEX_FILE).read_text())
+    dataset = FaceRecordDataset(setup["data"])
+    assert index["teacher_sha256"] == setup["sha"]
+    assert index["dataset_fingerprint"] == dataset_fingerprint(dataset)
+    assert index["teacher"]["name"] == TEACHER and index["teacher"]["kwargs"] == TEACHER_KW
+    assert index["num_images"] == len(LABELS) and index["dataset"]["num_classes"] == 4
+    assert not (setup["cache"] / BUILDING_MARKER).exists()
+
+
+def test_fingerprint_follows_content_not_location(setup, tmp_path):
+    reference = dataset_fingerprint(FaceRecordDataset(setup["data"]))
+    moved = shutil.copytree(setup["data"], tmp_path / "elsewhere")
+    assert dataset_fingerprint(FaceRecordDataset(moved)) == reference
+    (moved / "property").write_text("5,112,112")  # one more class declared
+    assert dataset_fingerprint(FaceRecordDataset(moved)) != reference
+    other = _write_records(tmp_path / "other", labels=[0, 0, 1, 1, 2, 2, 3, 3, 3, 3, 3])
+    assert dataset_fingerprint(FaceRecordDataset(other)) != reference
+
+
+def test_folder_fingerprint_is_the_file_list(tmp_path):
+    from PIL import Image
+
+    for person in ("a", "b"):
+        (tmp_path / "f" / person).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (112, 112), (i * 40, 10, 10)).save(tmp_path / "f" / person / f"{i}.png")
+    first = dataset_fingerprint(FaceFolderDataset(tmp_path / "f"))
+    assert dataset_fingerprint(FaceFolderDataset(shutil.copytree(tmp_path / "f", tmp_path / "g"))) == first
+    (tmp_path / "g" / "b" / "1.png").rename(tmp_path / "g" / "b" / "2.png")
+    assert dataset_fingerprint(FaceFolderDataset(tmp_path / "g")) != first
+    with pytest.raises(TeacherCacheError, match="TensorDataset"):
+        dataset_fingerprint(torch.utils.data.TensorDataset(torch.zeros(2)))
+
+
+def test_shard_ranges_tile_the_dataset():
+    for n in (1, 7, 11, 64):
+        for world in (1, 2, 3, 5):
+            ranges = [shard_range(n, r, world) for r in range(world)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert max(e - s for s, e in ranges) - min(e - s for s, e in ranges) <= 1
+    with pytest.raises(ValueError, match="rank 2"):
+        shard_range(10, 2, 2)
+
+
+def test_sharded_build_equals_the_single_build(setup, tmp_path):
+    dataset = FaceRecordDataset(setup["data"], flip=False)
+    out = prepare_cache(tmp_path / "sharded", len(dataset), 16, dataset.labels)
+    written = [fill_cache_shard(setup["teacher"], dataset, out, rank, 3, batch_size=2) for rank in range(3)]
+    assert sum(written) == len(LABELS)
+    finalize_cache(out, make_index(dataset, TEACHER, setup["sha"], 16, shards=3))
+    single, sharded = TeacherEmbeddingCache(setup["cache"]), TeacherEmbeddingCache(out)
+    everything = torch.arange(len(LABELS))
+    for flag in (False, True):
+        flags = torch.full((len(LABELS),), flag)
+        torch.testing.assert_close(sharded.lookup(everything, flags), single.lookup(everything, flags), rtol=2e-3, atol=1e-4)
+
+
+def _gloo_build(rank: int, world_size: int, data: str, checkpoint: str, out: str) -> int:
+    torch.manual_seed(0)
+    teacher = create_backbone(TEACHER, **TEACHER_KW)
+    teacher.load_state_dict(torch.load(checkpoint, weights_only=True))
+    dataset = FaceRecordDataset(data, flip=False)
+    build_teacher_cache(teacher, dataset, out, TEACHER, file_sha256(checkpoint), TEACHER_KW, checkpoint, batch_size=3)
+    return rank
+
+
+@pytest.mark.ddp
+def test_two_process_build_under_torch_distributed(setup, tmp_path):
+    out = tmp_path / "ddp"
+    assert run_gloo(_gloo_build, str(setup["data"]), str(setup["checkpoint"]), str(out)) == [0, 1]
+    index = json.loads((out / INDEX_FILE).read_text())
+    assert index["shards"] == 2
+    single, ddp = TeacherEmbeddingCache(setup["cache"]), TeacherEmbeddingCache(out)
+    everything = torch.arange(len(LABELS))
+    for flag in (False, True):
+        flags = torch.full((len(LABELS),), flag)
+        torch.testing.assert_close(ddp.lookup(everything, flags), single.lookup(everything, flags), rtol=2e-3, atol=1e-4)
+
+
+def test_another_teacher_or_dataset_is_refused_naming_both_fingerprints(setup, tmp_path):
+    cache = TeacherEmbeddingCache(setup["cache"])
+    cache.verify_teacher(setup["sha"], TEACHER)
+    cache.verify_dataset(FaceRecordDataset(setup["data"]))
+    other_sha = "0" * 64
+    with pytest.raises(TeacherCacheMismatchError) as err:
+        cache.verify_teacher(other_sha, checkpoint="other.pth")
+    assert setup["sha"] in str(err.value) and other_sha in str(err.value) and "other.pth" in str(err.value)
+    with pytest.raises(TeacherCacheMismatchError, match="'iresnet50'"):
+        cache.verify_teacher(setup["sha"], "iresnet50")
+    other = FaceRecordDataset(_write_records(tmp_path / "other", labels=[0, 1, 2, 3]))
+    with pytest.raises(TeacherCacheMismatchError) as err:
+        cache.verify_dataset(other)
+    assert cache.dataset_fingerprint in str(err.value) and dataset_fingerprint(other) in str(err.value)
+
+
+def test_lookup_and_label_checks(setup):
+    cache = TeacherEmbeddingCache(setup["cache"])
+    with pytest.raises(TeacherCacheError, match="sample index 11 is outside"):
+        cache.lookup(torch.tensor([0, 11]), torch.tensor([False, False]))
+    with pytest.raises(ValueError, match="2 indices but 1 flip"):
+        cache.lookup(torch.tensor([0, 1]), torch.tensor([False]))
+    cache.check_labels(torch.tensor([0, 3, 10]), torch.tensor([0, 1, 3]))
+    with pytest.raises(TeacherCacheMismatchError, match="sample 3 has label 2 in the batch but 1"):
+        cache.check_labels(torch.tensor([0, 3]), torch.tensor([0, 2]))
+
+
+def test_unfinished_malformed_and_missing_caches_are_refused(setup, tmp_path):
+    with pytest.raises(TeacherCacheError, match="no such folder"):
+        TeacherEmbeddingCache(tmp_path / "nothing")
+    unfinished = prepare_cache(tmp_path / "unfinished", 3, 4, np.zeros(3, dtype=np.int64))
+    with pytest.raises(TeacherCacheError, match="unfinished"):
+        TeacherEmbeddingCache(unfinished)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TeacherCacheError, match="index.json: not found"):
+        TeacherEmbeddingCache(tmp_path / "empty")
+    broken = shutil.copytree(setup["cache"], tmp_path / "broken")
+    (broken / INDEX_FILE).write_text("{not json")
+    with pytest.raises(TeacherCacheError, match="index.json: not readable JSON"):
+        TeacherEmbeddingCache(broken)
+    (broken / INDEX_FILE).write_text(json.dumps({"format": "something/1"}))
+    with pytest.raises(TeacherCacheError, match="format 'something/1'"):
+        TeacherEmbeddingCache(broken)
+    shape = shutil.copytree(setup["cache"], tmp_path / "shape")
+    np.save(shape / EMBEDDINGS_FILE, np.zeros((3, 16), dtype=np.float16))
+    with pytest.raises(TeacherCacheError, match=r"teacher_embeddings.npy: float16 array of shape \(3, 16\)"):
+        TeacherEmbeddingCache(shape)
+
+
+def test_finished_cache_is_not_overwritten(setup, tmp_path):
+    out = shutil.copytree(setup["cache"], tmp_path / "done")
+    before = (out / EMBEDDINGS_FILE).read_bytes()
+    with pytest.raises(TeacherCacheError, match="already holds a finished teacher cache"):
+        prepare_cache(out, 3, 4, np.zeros(3, dtype=np.int64))
+    assert (out / EMBEDDINGS_FILE).read_bytes() == before and (out / INDEX_FILE).exists()
+
+
+def test_values_outside_float16_are_refused(setup, tmp_path):
+    class Huge(nn.Module):
+        embedding_size = 2
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.new_full((x.shape[0], 2), 1e6)
+
+    dataset = FaceRecordDataset(setup["data"], flip=False)
+    with pytest.raises(TeacherCacheError, match="sample 0 is non-finite or beyond the float16 range"):
+        build_teacher_cache(Huge(), dataset, tmp_path / "huge", "huge", "x" * 64)
+    assert not (tmp_path / "huge" / INDEX_FILE).exists()
+
+
+def test_augmentation_and_stage_objectives_keep_the_online_teacher(setup):
+    dataset = FaceRecordDataset(setup["data"], transform=lambda x: x * 0.5)
+    assert "transform" in cache_unusable_reason(dataset)
+    assert cache_unusable_reason(FaceRecordDataset(setup["data"])) is None
+    assert "cannot report sample indices" in cache_unusable_reason(torch.utils.data.TensorDataset(torch.zeros(1)))
+    objectives = {
+        "kd": create_objective("kd"),
+        "ekd": create_objective("ekd"),
+        "hint": create_objective("fitnet", student_shapes={"stage4": (8, 2, 2)}, teacher_shapes={"stage4": (8, 2, 2)}),
+    }
+    assert stage_feature_users(objectives) == ["hint"]
+    with pytest.raises(TeacherCacheError, match="transform"):
+        build_teacher_cache(setup["teacher"], dataset, setup["base"] / "aug", TEACHER, setup["sha"])
+
+
+def test_cli_build_info_and_errors(setup, tmp_path, capsys):
+    args = ["build", "--teacher", TEACHER, "--teacher-kwargs", json.dumps(TEACHER_KW), "--checkpoint",
+            str(setup["checkpoint"]), "--data", str(setup["data"]), "--output", str(tmp_path / "c"),
+            "--num-workers", "0", "--batch-size", "5", "--device", "cpu"]  # fmt: skip
+    assert cache_main(args) == 0
+    assert f"of {len(LABELS)} images" in capsys.readouterr().out
+    built, reference = TeacherEmbeddingCache(tmp_path / "c"), TeacherEmbeddingCache(setup["cache"])
+    assert built.teacher_sha256 == setup["sha"] and built.dataset_fingerprint == reference.dataset_fingerprint
+    everything = torch.arange(len(LABELS))
+    torch.testing.assert_close(
+        built.lookup(everything, everything % 2 == 0), reference.lookup(everything, everything % 2 == 0), rtol=2e-3, atol=1e-4
+    )
+
+    assert cache_main(["info", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert setup["sha"] in out and built.dataset_fingerprint in out and f"{len(LABELS)} (4 classes)" in out
+    assert cache_main(["info", str(tmp_path / "c"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["teacher_sha256"] == setup["sha"]
+
+    # a second build into the finished cache is refused and leaves it alone
+    before = (tmp_path / "c" / EMBEDDINGS_FILE).read_bytes()
+    assert cache_main(args) == 2
+    assert "already holds a finished teacher cache" in capsys.readouterr().err
+    assert (tmp_path / "c" / EMBEDDINGS_FILE).read_bytes() == before
+
+    missing = [*args[:5], str(tmp_path / "nope.pth"), *args[6:]]
+    assert cache_main(missing) == 2
+    assert "nope.pth" in capsys.readouterr().err
+    assert cache_main(["info", str(tmp_path)]) == 2
+    assert "not a teacher cache" in capsys.readouterr().err
+    assert cache_main([*args[:-2], "--teacher-kwargs", "[1]", "--device", "cpu"]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
