@@ -69,9 +69,7 @@ def split_key(key: SampleKey, random_flip: bool) -> tuple[int, bool]:
 def _finish_sample(image: torch.Tensor, flipped: bool, transform: Transform | None) -> torch.Tensor:
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         image = fit_to_size(image)
-    if flipped:
-        image = image.flip(-1)
-    out = normalize(image)
+    out = normalize(image, flip=flipped)
     return transform(out) if transform is not None else out
 
 

@@ -9,7 +9,7 @@ trainable parameters of the student side.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -36,6 +36,10 @@ class Objective(nn.Module):
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def required_stages(self) -> list[str]:
+        """Names of the stage maps listed in ``requires`` (what ``gather_global`` must gather)."""
+        return sorted(r.split(".", 1)[1] for r in self.requires if r.startswith("stages."))
+
     def log_items(self) -> dict[str, torch.Tensor]:
         """Extra values to log after the last forward (e.g. EKD thresholds); none by default."""
         return {}
@@ -52,7 +56,11 @@ class Objective(nn.Module):
 
 
 def gather_global(
-    student: Features, teacher: Features, labels: torch.Tensor, layout: list[int] | None = None
+    student: Features,
+    teacher: Features,
+    labels: torch.Tensor,
+    layout: list[int] | None = None,
+    stages: Iterable[str] = (),
 ) -> tuple[Features, Features, torch.Tensor]:
     """The global batch for relational objectives under DDP (identity on one process).
 
@@ -74,9 +82,16 @@ def gather_global(
         fn = dist.gather_with_grad if with_grad else dist.gather_nograd
         return torch.cat([fn(part) for part in torch.split(tensor, layout)], dim=0)
 
-    student_global = Features(embedding=gather(student.embedding, True), logits=gather(student.logits, True))
+    stages = list(stages)
+    student_global = Features(
+        embedding=gather(student.embedding, True),
+        stages={name: gather(student.stages[name], True) for name in stages},
+        logits=gather(student.logits, True),
+    )
     teacher_global = Features(
-        embedding=gather(teacher.embedding, False), logits=gather(teacher.logits, False)
+        embedding=gather(teacher.embedding, False),
+        stages={name: gather(teacher.stages[name], False) for name in stages},
+        logits=gather(teacher.logits, False),
     )
     return student_global, teacher_global, gather(labels, False)
 

@@ -20,10 +20,11 @@ costs no resident memory beyond the pages a batch touches. ``index.json`` is wri
 a folder without it is an unfinished build and is refused.
 
 Key. A cache is valid for one teacher file (its SHA-256) and one dataset, identified by
-:func:`dataset_fingerprint`: for RecordIO the SHA-256 of the ``.idx`` file, the number of samples and
-the ``property`` file; for an image folder the SHA-256 of the sorted list of (relative path, label).
-Using a cache with another teacher or dataset raises :class:`TeacherCacheMismatchError` naming both
-fingerprints.
+:func:`dataset_fingerprint`: for RecordIO the SHA-256 of the ``.idx`` file, the number of samples, the
+``.rec`` size, the ``property`` file and the labels; for an image folder the SHA-256 of the sorted list
+of (relative path, label). Image bytes are not hashed (hundreds of GB): an edit that keeps every
+record's offset and label, or every file name, goes unnoticed. Using a cache with another teacher or
+dataset raises :class:`TeacherCacheMismatchError` naming both fingerprints.
 
 Precision. float16 keeps 11 significant bits: the relative error of a stored value is at most
 2^-11 (about 5e-4), so cosine similarities of cached embeddings differ from the online ones by about
@@ -84,8 +85,8 @@ def _sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 def dataset_fingerprint(dataset: Dataset) -> str:
     """Identity of a training set, cheap to compute and independent of where the files are.
 
-    RecordIO (``FaceRecordDataset``): SHA-256 over the ``.idx`` file's SHA-256, the number of samples
-    and the ``property`` file's content. Image folder (``FaceFolderDataset``): SHA-256 of the sorted
+    RecordIO (``FaceRecordDataset``): SHA-256 over the ``.idx`` file's SHA-256, the number of samples,
+    the ``.rec`` size, the ``property`` file's content and the labels. Image folder (``FaceFolderDataset``): SHA-256 of the sorted
     ``relative path<TAB>label`` lines. Other datasets have no fingerprint (TeacherCacheError).
     """
     from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset
@@ -95,8 +96,10 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         prop = dataset.root / "property"
         digest.update(b"rec\n")
         digest.update(_sha256_file(Path(dataset.reader.idx_path)).encode())
-        digest.update(f"\n{len(dataset)}\n".encode())
+        digest.update(f"\n{len(dataset)}\n{dataset.reader.file_size}\n".encode())
         digest.update(prop.read_bytes().strip() if prop.is_file() else b"<no property file>")
+        # labels live in the .rec payloads, not in the .idx: a relabelled file can keep every offset
+        digest.update(np.ascontiguousarray(dataset.labels, dtype="<i8").tobytes())
         return digest.hexdigest()
     if isinstance(dataset, FaceFolderDataset):
         digest.update(b"folder\n")
@@ -159,7 +162,11 @@ def shard_range(num_images: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def prepare_cache(
-    output: str | os.PathLike, num_images: int, embedding_size: int, labels: np.ndarray, overwrite: bool = False
+    output: str | os.PathLike,
+    num_images: int,
+    embedding_size: int,
+    labels: np.ndarray,
+    overwrite: bool = False,
 ) -> Path:
     """Create ``output`` with zero-filled memory-mapped arrays and the in-progress marker.
 
@@ -180,7 +187,9 @@ def prepare_cache(
         index.unlink()  # from here on the folder is an unfinished build
     (out / BUILDING_MARKER).write_text(f"started {_now()}\n")
     for name in (EMBEDDINGS_FILE, FLIPPED_FILE):
-        array = np.lib.format.open_memmap(out / name, mode="w+", dtype=np.float16, shape=(num_images, embedding_size))
+        array = np.lib.format.open_memmap(
+            out / name, mode="w+", dtype=np.float16, shape=(num_images, embedding_size)
+        )
         array.flush()
         del array
     np.save(out / LABELS_FILE, np.asarray(labels, dtype=np.int64))
@@ -477,7 +486,9 @@ class TeacherEmbeddingCache:
                 f"{len(dataset)}"  # type: ignore[arg-type]
             )
 
-    def lookup(self, indices: torch.Tensor | Iterable[int], flipped: torch.Tensor | Iterable[bool]) -> torch.Tensor:
+    def lookup(
+        self, indices: torch.Tensor | Iterable[int], flipped: torch.Tensor | Iterable[bool]
+    ) -> torch.Tensor:
         """float32 N x D teacher embeddings (on CPU) of samples ``indices``, mirrored where ``flipped``."""
         idx = torch.as_tensor(indices).detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
         flip = torch.as_tensor(flipped).detach().cpu().numpy().astype(bool, copy=False).reshape(-1)
@@ -520,7 +531,9 @@ def read_index(directory: str | os.PathLike) -> dict[str, Any]:
                 f"teacher cache {directory} is unfinished (a build was interrupted: {BUILDING_MARKER} present, "
                 f"{INDEX_FILE} missing); rebuild it with ekd-cache build"
             )
-        raise TeacherCacheError(f"{path}: not found; {directory} is not a teacher cache (ekd-cache build writes one)")
+        raise TeacherCacheError(
+            f"{path}: not found; {directory} is not a teacher cache (ekd-cache build writes one)"
+        )
     try:
         index = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -528,7 +541,15 @@ def read_index(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT:
         found = index.get("format") if isinstance(index, dict) else type(index).__name__
         raise TeacherCacheError(f"{path}: format {found!r}, expected {CACHE_FORMAT!r}")
-    required = ("dataset_fingerprint", "teacher_sha256", "num_images", "embedding_size", "files", "teacher", "dataset")
+    required = (
+        "dataset_fingerprint",
+        "teacher_sha256",
+        "num_images",
+        "embedding_size",
+        "files",
+        "teacher",
+        "dataset",
+    )
     missing = [key for key in required if key not in index]
     if missing:
         raise TeacherCacheError(f"{path}: lacks keys {missing}")

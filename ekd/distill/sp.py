@@ -9,10 +9,8 @@ Features: the raw embedding by default; ``stage="stage3"`` etc. uses that stage 
 Zero when the student equals the teacher; invariant to orthogonal transforms and positive scaling of
 either model's features. Recommended weight (``default_weight``): 3000, the paper's / CRD's value.
 
-Relational: on the embedding the training module passes the global batch (``gather_global``). Stage
-maps are not part of that gather, so with ``stage`` set the objective is registered non-relational
-(``relational`` is False on that instance) and gathers the flattened maps itself inside ``forward``
-(student with gradients, teacher without, ``ekd.dist``): the loss is the same global-batch loss.
+Relational: the training module passes the global batch (``gather_global``), including the stage
+map named in ``requires`` when ``stage`` is set.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ekd import dist
 from ekd.distill.adapters import flatten
 from ekd.distill.base import Objective, register_objective
 from ekd.distill.common import check_batch, student_teacher_pair
@@ -49,7 +46,6 @@ class SPObjective(Objective):
         self.eps = float(eps)
         if stage is not None:
             self.requires = frozenset({f"stages.{stage}"})
-            self.relational = False  # gathers the stage maps itself (see the module docstring)
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
         self.check_features(student, "student")
@@ -57,8 +53,7 @@ class SPObjective(Objective):
         if self.stage is None:
             f_s, f_t = student.embedding, teacher.embedding
         else:
-            f_s = dist.gather_with_grad(flatten(student.stages[self.stage]))
-            f_t = dist.gather_nograd(flatten(teacher.stages[self.stage].detach()))
+            f_s, f_t = student.stages[self.stage], teacher.stages[self.stage].detach()
         f_s, f_t = student_teacher_pair(self.name, "features", flatten(f_s), flatten(f_t), same_width=False)
         check_batch(self.name, "features", f_s)
         b = f_s.shape[0]

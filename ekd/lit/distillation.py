@@ -41,6 +41,7 @@ so that DDP sees a gradient (zero) for every parameter. Each objective's adapter
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -51,6 +52,7 @@ from torch import nn
 
 from ekd.distill import create as create_objective
 from ekd.distill import gather_global, objective_class
+from ekd.distill.cache import TeacherCacheMismatchError, TeacherEmbeddingCache, cache_unusable_reason, stage_feature_users
 from ekd.distill.prototypes import compute_class_prototypes, load_or_compute_prototypes
 from ekd.lit.recognition import (
     CHECKPOINT_META_KEY,
@@ -61,6 +63,8 @@ from ekd.lit.recognition import (
 )
 from ekd.models.features import Features
 from ekd.models.loading import file_sha256, load_backbone
+
+log = logging.getLogger(__name__)
 
 TEACHER_CENTRES: tuple[str, ...] = ("auto", "head", "prototypes")
 STUDENT_HEAD_INIT: tuple[str, ...] = ("none", "teacher_centres", "freeze_teacher_centres")
@@ -100,6 +104,7 @@ class DistillationModule(RecognitionModule):
         save_teacher: bool = False,
         teacher_prefix: str | None = None,
         teacher_sha256: str | None = None,
+        teacher_cache: str | None = None,
         **recognition_kwargs: Any,
     ) -> None:
         objectives = plain(objectives) or {}
@@ -150,6 +155,9 @@ class DistillationModule(RecognitionModule):
         for key, spec in objectives.items():
             self._add_objective(str(key), spec)
         self.needs_logits = any("logits" in obj.requires for obj in self.objectives.values())
+        self.relational_stages = sorted(
+            {name for obj in self.objectives.values() if obj.relational for name in obj.required_stages()}
+        )
         needs_centres = (
             self.needs_logits
             or any(obj.needs_teacher_centres for obj in self.objectives.values())
@@ -185,6 +193,24 @@ class DistillationModule(RecognitionModule):
         for obj in self.objectives.values():
             obj.check_features(student_spec, "student")
             obj.check_features(teacher_spec, "teacher")
+
+        # teacher embedding cache: checked against the teacher now, against the dataset at fit start
+        self.teacher_cache: TeacherEmbeddingCache | None = None
+        self.cache_active = False  # set in setup("fit") when the training data can be served
+        self._batch_meta: tuple[torch.Tensor, torch.Tensor] | None = None
+        if teacher_cache:
+            cache = TeacherEmbeddingCache(teacher_cache)
+            cache.verify_teacher(teacher_sha256, teacher, teacher_checkpoint)
+            if cache.embedding_size != teacher_dim:
+                raise TeacherCacheMismatchError(
+                    f"teacher cache {teacher_cache} holds {cache.embedding_size}-d embeddings, the teacher "
+                    f"{teacher!r} gives {teacher_dim}-d ones"
+                )
+            users = stage_feature_users(self.objectives)
+            if users:
+                self._cache_not_used(f"objectives {users} read the teacher's stage feature maps")
+            else:
+                self.teacher_cache = cache
 
     # ------------------------------------------------------------------------------- construction
     def _add_objective(self, key: str, spec: Any) -> None:
@@ -251,9 +277,42 @@ class DistillationModule(RecognitionModule):
         super().setup(stage)  # shards the student head first: set_centres then fills this rank's rows
         if stage != "fit":
             return
+        if self.teacher_cache is not None:
+            self.cache_active = self._enable_teacher_cache()
         if self.centres_source == "prototypes" and self.teacher_class_centres.numel() == 0:
             self.set_teacher_centres(self._prototypes())
         self._init_student_head()
+
+    def _cache_not_used(self, reason: str) -> None:
+        log.warning("teacher cache %s not used: %s; the teacher runs online", self.hparams.teacher_cache, reason)
+
+    def _enable_teacher_cache(self) -> bool:
+        """Verify the cache against the training data and ask the data for sample indices and flips.
+
+        Returns False (with a log line saying why) when the data cannot be served from the cache; raises
+        TeacherCacheMismatchError when the cache was built for another dataset.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "dataset", None)
+        if dataset is None:
+            self._cache_not_used(
+                "the training data does not come from a datamodule with a `dataset` (needed to check the "
+                "dataset fingerprint and to know each row's sample index and flip)"
+            )
+            return False
+        reason = cache_unusable_reason(dataset)
+        if reason is not None:
+            self._cache_not_used(reason)
+            return False
+        assert self.teacher_cache is not None
+        self.teacher_cache.verify_dataset(dataset)
+        # batches become (images, labels, indices, flipped); set before the loader is built
+        if hasattr(type(datamodule), "return_index"):
+            datamodule.return_index = True
+        else:
+            dataset.return_index = True
+        log.info("teacher cache %s: teacher embeddings are read from the cache", self.hparams.teacher_cache)
+        return True
 
     def _prototypes(self) -> torch.Tensor:
         trainer = self.trainer
@@ -315,7 +374,7 @@ class DistillationModule(RecognitionModule):
             raise ValueError(f"batch_layout {layout} does not add up to the batch size {images.shape[0]}")
         student = self.student.forward_features(images)
         with torch.no_grad():
-            teacher = self.teacher.forward_features(images)
+            teacher = self._teacher_features(images, labels)
         rows = self.hparams.recognition_rows or images.shape[0]
         with self._autocast_off():
             embedding = self._loss_dtype(student.embedding)
@@ -335,7 +394,9 @@ class DistillationModule(RecognitionModule):
             for key, objective in self.objectives.items():
                 if objective.relational:
                     if global_batch is None:
-                        global_batch = gather_global(student, teacher, labels, layout)
+                        global_batch = gather_global(
+                            student, teacher, labels, layout, stages=self.relational_stages
+                        )
                     value = objective(*global_batch)
                 else:
                     value = objective(student, teacher, labels)
@@ -352,6 +413,33 @@ class DistillationModule(RecognitionModule):
         if hints:
             terms = {key: (weight if key in hints else 0.0, value) for key, (weight, value) in terms.items()}
         return terms, metrics
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        # (images, labels, indices, flipped) batches carry what the teacher cache looks up
+        self._batch_meta = None
+        if isinstance(batch, (tuple, list)) and len(batch) == 4:
+            images, labels, indices, flipped = batch
+            self._batch_meta = (indices, flipped)
+            batch = (images, labels)
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            self._batch_meta = None
+
+    def _teacher_features(self, images: torch.Tensor, labels: torch.Tensor) -> Features:
+        """The teacher's Features of the batch: from the cache when active, else a forward pass."""
+        if self.cache_active and self._batch_meta is not None:
+            assert self.teacher_cache is not None
+            indices, flipped = self._batch_meta
+            self.teacher_cache.check_labels(indices, labels)
+            embedding = self.teacher_cache.lookup(indices, flipped).to(images.device, non_blocking=True)
+            return Features(embedding=embedding, stages={})
+        if self.cache_active:
+            raise ValueError(
+                "the teacher cache is active but a training batch has no (indices, flipped): expected "
+                "(images, labels, indices, flipped) batches from the datamodule"
+            )
+        return self.teacher.forward_features(images)
 
     # --------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

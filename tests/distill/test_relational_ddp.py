@@ -1,7 +1,7 @@
 """Relational objectives under 2 gloo processes equal one process on the concatenated batch.
 
 Each rank embeds its half of a fixed batch with a tiny linear "student", calls ``gather_global`` and
-the objective (SP on a stage map gathers inside the objective instead), and back-propagates. The
+the objective (with the stage maps it requires, e.g. SP on a stage map), and back-propagates. The
 loss on every rank must equal the single-process loss on the whole batch, and the mean over ranks of
 the parameter gradients (what DDP applies) must equal the single-process gradient. All objectives run
 in one spawned pair of processes.
@@ -66,7 +66,7 @@ def loss_and_grads(name: str, x, teacher: Features, labels, model: TinyStudent, 
     model.zero_grad()
     student = model(x)
     if objective.relational:
-        student, teacher, labels = gather_global(student, teacher, labels)
+        student, teacher, labels = gather_global(student, teacher, labels, stages=objective.required_stages())
     torch.manual_seed(seed)  # RKD anchor sampling: ranks draw differently, rank 0's draw must win
     loss = objective(student, teacher, labels)
     loss.backward()

@@ -58,7 +58,7 @@ def test_zero_feature_row_is_finite():
 def test_stage_option():
     m_s, m_t = rng(9).standard_normal((4, 2, 2, 2)), rng(10).standard_normal((4, 3, 1, 2))
     sp = create("sp", stage="stage2")
-    assert sp.requires == frozenset({"stages.stage2"}) and sp.relational is False
+    assert sp.requires == frozenset({"stages.stage2"}) and sp.relational
     assert create("sp").relational is True
     loss = sp(feats(np.zeros((4, 1)), stage2=m_s), feats(np.zeros((4, 1)), stage2=m_t), torch.zeros(4))
     assert loss.item() == pytest.approx(ref_sp(m_s, m_t), rel=1e-12)
