@@ -27,23 +27,35 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ekd-cache", description="Build and inspect teacher embedding caches.")
+    parser = argparse.ArgumentParser(
+        prog="ekd-cache", description="Build and inspect teacher embedding caches."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    build = sub.add_parser("build", help="compute the teacher embeddings of every training image (and its flip)")
+    build = sub.add_parser(
+        "build", help="compute the teacher embeddings of every training image (and its flip)"
+    )
     build.add_argument("--teacher", required=True, help="teacher backbone name (e.g. iresnet50)")
-    build.add_argument("--checkpoint", required=True, help="teacher weights (insightface backbone.pth or ekd .ckpt)")
-    build.add_argument("--data", required=True, help="training data: RecordIO folder (train.rec/.idx) or image folder")
+    build.add_argument(
+        "--checkpoint", required=True, help="teacher weights (insightface backbone.pth or ekd .ckpt)"
+    )
+    build.add_argument(
+        "--data", required=True, help="training data: RecordIO folder (train.rec/.idx) or image folder"
+    )
     build.add_argument("--output", required=True, help="cache folder to write")
     build.add_argument("--source", choices=("auto", "rec", "folder"), default="auto",
                        help="data kind (auto: rec when DATA/train.rec exists)")  # fmt: skip
     build.add_argument("--teacher-kwargs", default="{}", help="JSON options for the teacher backbone")
-    build.add_argument("--prefix", default=None, help="key prefix inside a Lightning checkpoint (default student.)")
+    build.add_argument(
+        "--prefix", default=None, help="key prefix inside a Lightning checkpoint (default student.)"
+    )
     build.add_argument("--batch-size", type=int, default=256, help="images per forward (default 256)")
     build.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (default 4)")
     build.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     build.add_argument("--devices", type=int, default=1, help="spawn one process per GPU (default 1)")
-    build.add_argument("--precision", choices=("32", "bf16"), default="32", help="teacher precision (default 32)")
+    build.add_argument(
+        "--precision", choices=("32", "bf16"), default="32", help="teacher precision (default 32)"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace a finished cache in OUTPUT")
 
     info = sub.add_parser("info", help="print a cache's index")
@@ -163,7 +175,9 @@ def _build(args: argparse.Namespace) -> None:
             torch_dist.destroy_process_group()
     elif args.devices > 1:
         if torch.cuda.device_count() < args.devices:
-            raise ValueError(f"--devices {args.devices}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise ValueError(
+                f"--devices {args.devices}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
         embedding_size = int(teacher.embedding_size)
         prepare_cache(args.output, len(dataset), embedding_size, dataset.labels, overwrite=args.overwrite)
         torch.multiprocessing.start_processes(
@@ -181,7 +195,10 @@ def _build(args: argparse.Namespace) -> None:
         )  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         elapsed = time.perf_counter() - started
-        print(f"wrote the teacher embeddings of {len(dataset)} images (+ flips) to {path.parent} in {elapsed:.1f} s")
+        print(
+            f"wrote the teacher embeddings of {len(dataset)} images (+ flips) to {path.parent} "
+            f"in {elapsed:.1f} s"
+        )
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -86,8 +86,9 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     """Identity of a training set, cheap to compute and independent of where the files are.
 
     RecordIO (``FaceRecordDataset``): SHA-256 over the ``.idx`` file's SHA-256, the number of samples,
-    the ``.rec`` size, the ``property`` file's content and the labels. Image folder (``FaceFolderDataset``): SHA-256 of the sorted
-    ``relative path<TAB>label`` lines. Other datasets have no fingerprint (TeacherCacheError).
+    the ``.rec`` size, the ``property`` file's content and the labels. Image folder
+    (``FaceFolderDataset``): SHA-256 of the sorted ``relative path<TAB>label`` lines. Other datasets
+    have no fingerprint (TeacherCacheError).
     """
     from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset
 
@@ -254,7 +255,8 @@ def fill_cache_shard(
         if too_big.any():
             row = start + done + int(np.argwhere(too_big)[0][0]) % n
             raise TeacherCacheError(
-                f"teacher embedding of sample {row} is non-finite or beyond the float16 range (|x| > {FLOAT16_MAX})"
+                f"teacher embedding of sample {row} is non-finite or beyond the float16 range "
+                f"(|x| > {FLOAT16_MAX})"
             )
         plain[rows] = values[:n]
         flipped[rows] = values[n:]
@@ -435,7 +437,8 @@ class TeacherEmbeddingCache:
         expected = (int(self.index["num_images"]), int(self.index["embedding_size"]))
         if array.dtype != np.float16 or array.shape != expected:
             raise TeacherCacheError(
-                f"{path}: {array.dtype} array of shape {array.shape}, expected float16 {expected} as index.json says"
+                f"{path}: {array.dtype} array of shape {array.shape}, expected float16 {expected} as "
+                "index.json says"
             )
         return array
 
@@ -460,14 +463,16 @@ class TeacherEmbeddingCache:
         if sha256 != self.teacher_sha256:
             what = f"teacher checkpoint {checkpoint!r}" if checkpoint else "the teacher checkpoint"
             raise TeacherCacheMismatchError(
-                f"teacher cache {self.directory} was built with a teacher file of SHA-256 {self.teacher_sha256} "
+                f"teacher cache {self.directory} was built with a teacher file of SHA-256 "
+                f"{self.teacher_sha256} "
                 f"({self.index['teacher'].get('checkpoint')}), but {what} has SHA-256 {sha256}; rebuild the "
                 "cache with ekd-cache build or drop teacher_cache"
             )
         cached_name = self.index["teacher"].get("name")
         if name is not None and cached_name is not None and name != cached_name:
             raise TeacherCacheMismatchError(
-                f"teacher cache {self.directory} was built with teacher {cached_name!r}, this run uses {name!r}"
+                f"teacher cache {self.directory} was built with teacher {cached_name!r}, this run uses "
+                f"{name!r}"
             )
 
     def verify_dataset(self, dataset: Dataset) -> None:
@@ -476,14 +481,15 @@ class TeacherEmbeddingCache:
         root = getattr(dataset, "root", "?")
         if fingerprint != self.dataset_fingerprint:
             raise TeacherCacheMismatchError(
-                f"teacher cache {self.directory} was built for dataset fingerprint {self.dataset_fingerprint} "
+                f"teacher cache {self.directory} was built for dataset fingerprint "
+                f"{self.dataset_fingerprint} "
                 f"({self.index['dataset'].get('root')}), but the training data {root} has fingerprint "
                 f"{fingerprint}; rebuild the cache with ekd-cache build or drop teacher_cache"
             )
         if len(dataset) != self.num_images:  # type: ignore[arg-type]
             raise TeacherCacheMismatchError(
-                f"teacher cache {self.directory} holds {self.num_images} images, the training data {root} has "
-                f"{len(dataset)}"  # type: ignore[arg-type]
+                f"teacher cache {self.directory} holds {self.num_images} images, the training data "
+                f"{root} has {len(dataset)}"  # type: ignore[arg-type]
             )
 
     def lookup(
@@ -514,8 +520,9 @@ class TeacherEmbeddingCache:
         if wrong.size:
             i = int(wrong[0])
             raise TeacherCacheMismatchError(
-                f"teacher cache {self.directory}: sample {int(idx[i])} has label {int(given[i])} in the batch but "
-                f"{int(cached[i])} in the cache; the batch indices do not refer to the cached dataset"
+                f"teacher cache {self.directory}: sample {int(idx[i])} has label {int(given[i])} in the "
+                f"batch but {int(cached[i])} in the cache; the batch indices do not refer to the cached "
+                "dataset"
             )
 
 
@@ -528,8 +535,8 @@ def read_index(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         if (directory / BUILDING_MARKER).exists():
             raise TeacherCacheError(
-                f"teacher cache {directory} is unfinished (a build was interrupted: {BUILDING_MARKER} present, "
-                f"{INDEX_FILE} missing); rebuild it with ekd-cache build"
+                f"teacher cache {directory} is unfinished (a build was interrupted: {BUILDING_MARKER} "
+                f"present, {INDEX_FILE} missing); rebuild it with ekd-cache build"
             )
         raise TeacherCacheError(
             f"{path}: not found; {directory} is not a teacher cache (ekd-cache build writes one)"
@@ -569,6 +576,7 @@ def describe_index(index: Mapping[str, Any]) -> str:
         f"images             {index['num_images']} ({data.get('num_classes')} classes), plain + flipped",
         f"embeddings         {index['embedding_size']}-d {index.get('dtype', 'float16')}, "
         f"computed in precision {teacher.get('precision', '32')}",
-        f"built              {index.get('created')} in {index.get('build_seconds')} s over {index.get('shards')} shard(s)",
+        f"built              {index.get('created')} in {index.get('build_seconds')} s over "
+        f"{index.get('shards')} shard(s)",
     ]
     return "\n".join(lines)

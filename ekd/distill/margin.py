@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ekd.distill.base import Objective, register_objective
 from ekd.distill.common import check_batch, compute_dtype
+from ekd.heads import arcface_target
 from ekd.models.features import Features
 
 
@@ -104,13 +105,7 @@ class MarginDistillationObjective(Objective):
             )
         margins = self.sample_margins(f_t, labels).unsqueeze(1)  # N x 1
         cos = F.normalize(f_s, dim=1, eps=self.eps) @ self.centres.to(f_s.dtype).t()  # N x C
-        cos_y = cos.gather(1, labels.unsqueeze(1))
-        # cos(theta + m) = cos theta cos m - sin theta sin m;
-        # the clamp keeps the square root's gradient finite at |cos| = 1
-        sin_y = (1.0 - cos_y * cos_y).clamp_min(self.eps).sqrt()
-        target = cos_y * torch.cos(margins) - sin_y * torch.sin(margins)
-        fallback = cos_y - margins * torch.sin(math.pi - margins)
-        target = torch.where(cos_y > torch.cos(math.pi - margins), target, fallback)
+        target = arcface_target(cos.gather(1, labels.unsqueeze(1)), margins)
         logits = cos.scatter(1, labels.unsqueeze(1), target) * self.scale
         self._last = {"margin_mean": margins.mean().detach()}
         return F.cross_entropy(logits, labels)

@@ -19,6 +19,7 @@ from ekd.heads.margins import (
     NormFaceHead,
     SoftmaxHead,
     SphereFaceHead,
+    arcface_target,
     sphereface_psi,
 )
 from ekd.heads.sharded import ShardedClassifier, shard_range
@@ -42,6 +43,7 @@ __all__ = [
     "SoftmaxHead",
     "SphereFaceHead",
     "TripletLoss",
+    "arcface_target",
     "batch_hard_triplets",
     "cosine_logits",
     "create",

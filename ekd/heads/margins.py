@@ -192,6 +192,16 @@ class CosFaceHead(_NormalisedHead):
         return f"{super().extra_repr()}, m={self.m}"
 
 
+def arcface_target(cos: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
+    """ArcFace target cos(theta + m), continued as cos theta - m sin(pi - m) where theta + m > pi.
+
+    ``m`` is a scalar or a per-sample tensor broadcastable to ``cos`` (MarginDistillation).
+    """
+    m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
+    phi = torch.cos(safe_acos(cos) + m)
+    return torch.where(cos > torch.cos(math.pi - m), phi, cos - m * torch.sin(math.pi - m))
+
+
 @register_head("arcface")
 class ArcFaceHead(_NormalisedHead):
     """Additive angular margin: target s cos(theta + m) with the theta + m > pi fix (module docstring)."""
@@ -210,15 +220,12 @@ class ArcFaceHead(_NormalisedHead):
             raise ValueError(f"head 'arcface': m must be below pi, got {m!r}")
         super().__init__(embedding_size, num_classes, scale=s)
         self.m, self.easy_margin, self.straight_through = float(m), bool(easy_margin), bool(straight_through)
-        self.threshold = math.cos(math.pi - self.m)
-        self.fallback_margin = self.m * math.sin(math.pi - self.m)
 
     def target(self, cos: torch.Tensor) -> torch.Tensor:
-        phi = torch.cos(safe_acos(cos) + self.m)
         if self.easy_margin:
-            phi = torch.where(cos > 0, phi, cos)
+            phi = torch.where(cos > 0, torch.cos(safe_acos(cos) + self.m), cos)
         else:
-            phi = torch.where(cos > self.threshold, phi, cos - self.fallback_margin)
+            phi = arcface_target(cos, self.m)
         if self.straight_through:
             phi = cos + (phi - cos).detach()
         return phi

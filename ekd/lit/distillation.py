@@ -36,6 +36,17 @@ unless given. Relational objectives see the global batch (``gather_global(..., l
 the others this rank's rows. While an objective's ``hint_only(global_step)`` is True (FitNet's
 two-stage warm-up) every other term gets weight 0: still computed and logged, and kept in the graph
 so that DDP sees a gradient (zero) for every parameter. Each objective's adapters are trained.
+
+Teacher embedding cache (``teacher_cache``: a folder written by ``ekd-cache build``, see
+``ekd.distill.cache``). The cache must come from the same teacher file (SHA-256, checked at
+construction) and the same training set (fingerprint, checked at fit start); otherwise
+``TeacherCacheMismatchError`` names both. It replaces the teacher's forward pass when every objective
+needs only the teacher's embedding or logits and the datamodule's dataset augments by horizontal
+flips only; the module then switches the datamodule to ``(images, labels, indices, flipped)`` batches
+and reads each row's teacher embedding (of the image or its mirror, as the student sees it). Otherwise
+(stage-feature objectives such as FitNet, other augmentations, plain loaders) a log line says why and
+the teacher runs online. Teacher prototypes are then computed from the cached embeddings (every image
+and its mirror) instead of a pass of the teacher over the data.
 """
 
 from __future__ import annotations
@@ -46,13 +57,19 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ekd.distill import create as create_objective
 from ekd.distill import gather_global, objective_class
-from ekd.distill.cache import TeacherCacheMismatchError, TeacherEmbeddingCache, cache_unusable_reason, stage_feature_users
+from ekd.distill.cache import (
+    TeacherCacheMismatchError,
+    TeacherEmbeddingCache,
+    cache_unusable_reason,
+    stage_feature_users,
+)
 from ekd.distill.prototypes import compute_class_prototypes, load_or_compute_prototypes
 from ekd.lit.recognition import (
     CHECKPOINT_META_KEY,
@@ -284,7 +301,9 @@ class DistillationModule(RecognitionModule):
         self._init_student_head()
 
     def _cache_not_used(self, reason: str) -> None:
-        log.warning("teacher cache %s not used: %s; the teacher runs online", self.hparams.teacher_cache, reason)
+        log.warning(
+            "teacher cache %s not used: %s; the teacher runs online", self.hparams.teacher_cache, reason
+        )
 
     def _enable_teacher_cache(self) -> bool:
         """Verify the cache against the training data and ask the data for sample indices and flips.
@@ -323,6 +342,8 @@ class DistillationModule(RecognitionModule):
                 "datamodule to Trainer.fit (or use teacher_centres='head' with a teacher checkpoint that "
                 "has a head)"
             )
+        if self.cache_active:
+            return self._cached_prototypes()
         loader_fn = getattr(datamodule, "prototype_dataloader", None) or datamodule.train_dataloader
         device = trainer.strategy.root_device
         original = next(self.teacher.parameters()).device
@@ -340,6 +361,20 @@ class DistillationModule(RecognitionModule):
         finally:
             self.teacher.to(original)
             self.teacher.eval()
+
+    def _cached_prototypes(self, chunk: int = 65536) -> torch.Tensor:
+        """Prototypes from the cached embeddings of every image and its mirror (no teacher pass)."""
+        cache = self.teacher_cache
+        assert cache is not None
+
+        def batches():
+            for start in range(0, cache.num_images, chunk):
+                indices = torch.arange(start, min(start + chunk, cache.num_images))
+                labels = torch.from_numpy(np.asarray(cache.labels[start : start + chunk], dtype=np.int64))
+                for flip in (False, True):
+                    yield cache.lookup(indices, torch.full(indices.shape, flip)), labels
+
+        return compute_class_prototypes(nn.Identity(), batches(), self.hparams.num_classes)
 
     # -------------------------------------------------------------------------------- mode / optim
     def train(self, mode: bool = True) -> DistillationModule:
