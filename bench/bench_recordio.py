@@ -57,7 +57,9 @@ def _timed(fn, items) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=None, help="folder with train.rec/.idx (default: generate synthetic)")
+    parser.add_argument(
+        "--root", default=None, help="folder with train.rec/.idx (default: generate synthetic)"
+    )
     parser.add_argument("--images", type=int, default=2000, help="records read per variant and round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = tempfile.TemporaryDirectory()
         root = tmp.name
         ids = max(1, args.images // 20)
-        write_synthetic(root, SyntheticConfig(identities=ids, images_per_identity=20, pairs=2, heldout_identities=2),
-                        verification_sets=())  # fmt: skip
+        config = SyntheticConfig(identities=ids, images_per_identity=20, pairs=2, heldout_identities=2)
+        write_synthetic(root, config, verification_sets=())
     reader = RecordReader(Path(root) / "train.rec")
     dataset = FaceRecordDataset(root, flip=True)
     order = np.random.default_rng(0).permutation(len(dataset))[: args.images]

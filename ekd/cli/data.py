@@ -25,17 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ekd-data", description="Build and repair face data files.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    pack = sub.add_parser("pack", help="pack an identity image folder into insightface train.rec/.idx/property")
-    pack.add_argument("folder", help="folder with one sub-folder of images per identity (sorted names -> labels)")
+    pack = sub.add_parser(
+        "pack", help="pack an identity image folder into insightface train.rec/.idx/property"
+    )
+    pack.add_argument(
+        "folder", help="folder with one sub-folder of images per identity (sorted names -> labels)"
+    )
     pack.add_argument("out", help="output folder")
-    pack.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoded images (default 95)")
+    pack.add_argument(
+        "--quality", type=int, default=95, help="JPEG quality for re-encoded images (default 95)"
+    )
 
     synth = sub.add_parser("synth", help="generate the synthetic identity benchmark")
     synth.add_argument("out", help="output folder")
     synth.add_argument("--identities", type=int, default=200, help="training identities (default 200)")
     synth.add_argument("--images-per-identity", type=int, default=24, help="images per identity (default 24)")
     synth.add_argument("--pairs", type=int, default=600, help="pairs per verification set (default 600)")
-    synth.add_argument("--heldout-identities", type=int, default=100, help="identities of the pairs (default 100)")
+    synth.add_argument(
+        "--heldout-identities", type=int, default=100, help="identities of the pairs (default 100)"
+    )
     synth.add_argument("--difficulty", type=float, default=1.0, help="nuisance strength, 0..3 (default 1)")
     synth.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
@@ -55,7 +63,10 @@ def _pack(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     images, classes = pack_folder(args.folder, args.out, quality=args.quality)
-    print(f"packed {images} images of {classes} identities into {args.out} ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"packed {images} images of {classes} identities into {args.out} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
 
 
 def _synth(args: argparse.Namespace) -> None:

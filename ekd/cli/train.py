@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,12 @@ def evaluate_backbone(
     rocs: dict[str, dict] = {}
     for name, (images, issame) in sets.items():
         embedded = extract_embeddings(backbone, images, batch_size=batch_size, flip=True)
+        if not bool(embedded.embeddings.isfinite().all()):
+            # a diverged network: recorded (and reported by ekd-table as a missing cell), not fatal, so
+            # that the other jobs of a sweep still get their results
+            warnings.warn(f"verification set {name}: the backbone produces non-finite embeddings", stacklevel=2)
+            metrics[name] = {"accuracy": None, "error": "non-finite embeddings"}
+            continue
         result = verify(embedded.embeddings, issame, xnorm=embedded.xnorm)
         metrics[name] = result.to_dict()
         rocs[name] = downsample_roc(result.roc_fpr, result.roc_tpr, roc_points)

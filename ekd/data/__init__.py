@@ -17,6 +17,7 @@ def __getattr__(name: str):
         return FaceDataModule
     raise AttributeError(f"module 'ekd.data' has no attribute {name!r}")
 
+
 __all__ = [
     "KNOWN_BIN_SETS",
     "BinFormatError",

@@ -124,9 +124,13 @@ def write_bin(
     images_t = torch.as_tensor(images)
     issame_np = np.asarray(torch.as_tensor(issame).cpu().numpy(), dtype=bool).ravel()
     if images_t.dtype != torch.uint8 or images_t.ndim != 4 or images_t.shape[1] != 3:
-        raise ValueError(f"write_bin: images must be uint8 2N x 3 x H x W, got {images_t.dtype} {tuple(images_t.shape)}")
+        raise ValueError(
+            f"write_bin: images must be uint8 2N x 3 x H x W, got {images_t.dtype} {tuple(images_t.shape)}"
+        )
     if images_t.shape[0] != 2 * len(issame_np):
-        raise ValueError(f"write_bin: {images_t.shape[0]} images for {len(issame_np)} pairs (need 2 per pair)")
+        raise ValueError(
+            f"write_bin: {images_t.shape[0]} images for {len(issame_np)} pairs (need 2 per pair)"
+        )
     if image_format not in ("jpeg", "png"):
         raise ValueError(f"write_bin: image_format {image_format!r}, expected 'jpeg' or 'png'")
     if buffer_kind not in ("bytes", "array"):

@@ -28,7 +28,8 @@ SAMPLERS = ("random", "ekd", "pk")
 
 
 def default_synthetic_root(config: SyntheticConfig) -> Path:
-    """Cache folder for a generated benchmark: ``$EKD_DATA_DIR`` (default ``~/.cache/ekd``)/synthetic-<hash>."""
+    """Cache folder of a generated benchmark: ``$EKD_DATA_DIR`` (default ``~/.cache/ekd``)/synthetic-<hash>
+    of the generator arguments."""
     key = json.dumps({"v": GENERATOR_VERSION, **config.__dict__}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return Path(os.environ.get("EKD_DATA_DIR", "~/.cache/ekd")).expanduser() / f"synthetic-{digest}"
@@ -97,7 +98,9 @@ class FaceDataModule(pl.LightningDataModule):
                 self.synthetic_config = SyntheticConfig(**dict(synthetic or {}))
             except TypeError as err:
                 known = ", ".join(SyntheticConfig.__dataclass_fields__)
-                raise DataError(f"FaceDataModule synthetic={synthetic!r}: {err}; known keys: {known}") from None
+                raise DataError(
+                    f"FaceDataModule synthetic={synthetic!r}: {err}; known keys: {known}"
+                ) from None
             self.synthetic_config.validate()
             if root is None:
                 root = str(default_synthetic_root(self.synthetic_config))
@@ -192,7 +195,9 @@ class FaceDataModule(pl.LightningDataModule):
                 labels, self.general, self.identities, self.images_per_identity, seed=self.seed, flip=flip
             )
         if self.sampler_name == "pk":
-            return PKBatchSampler(labels, self.identities, self.images_per_identity, seed=self.seed, flip=flip)
+            return PKBatchSampler(
+                labels, self.identities, self.images_per_identity, seed=self.seed, flip=flip
+            )
         return RandomBatchSampler(labels, self.batch_size, drop_last=True, seed=self.seed, flip=flip)
 
     def train_dataloader(self) -> DataLoader:

@@ -101,7 +101,9 @@ class FaceRecordDataset(Dataset):
         self.return_index = return_index
         rec_path = self.root / "train.rec"
         if not rec_path.is_file():
-            raise RecordIOError(f"{rec_path}: record file not found (expected train.rec, train.idx, property)")
+            raise RecordIOError(
+                f"{rec_path}: record file not found (expected train.rec, train.idx, property)"
+            )
         self.reader = RecordReader(rec_path, self.root / "train.idx")
         self.keys, self.labels = self._read_keys_and_labels()
         prop = self.root / "property"
@@ -139,7 +141,9 @@ class FaceRecordDataset(Dataset):
             raise RecordIOError(f"{where}: header record label has {header0.flag} values, expected [A, B]")
         first_identity, end_identity = int(header0.label[0]), int(header0.label[1])
         if not 1 <= first_identity <= end_identity:
-            raise RecordIOError(f"{where}: header label [{first_identity}, {end_identity}] is not 1 <= A <= B")
+            raise RecordIOError(
+                f"{where}: header label [{first_identity}, {end_identity}] is not 1 <= A <= B"
+            )
         keys = np.arange(1, first_identity, dtype=np.int64)
         labels = np.full(len(keys), -1, dtype=np.int64)
         consistent = True

@@ -22,6 +22,7 @@ images of identity ``0, 1, ...``. Plain im2rec files have no such record.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -205,6 +206,18 @@ class RecordWriter:
 
 def read_index(idx_path: str | os.PathLike, rec_path: str | os.PathLike | None = None) -> dict[int, int]:
     """Parse an ``.idx`` file into ``{key: offset}``; a missing file points to ``ekd-data reindex``."""
+    keys, offsets = read_index_arrays(idx_path, rec_path)
+    return dict(zip(keys.tolist(), offsets.tolist()))
+
+
+def read_index_arrays(
+    idx_path: str | os.PathLike, rec_path: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parse an ``.idx`` file into int64 arrays ``(keys, offsets)`` in file order.
+
+    Arrays rather than dicts: millions of records stay a few tens of MB, shared copy-on-write by
+    forked DataLoader workers (Python objects would be copied page by page as refcounts change).
+    """
     idx_path = Path(idx_path)
     if not idx_path.is_file():
         rec_hint = rec_path if rec_path is not None else idx_path.with_suffix(".rec")
@@ -212,27 +225,37 @@ def read_index(idx_path: str | os.PathLike, rec_path: str | os.PathLike | None =
             f"{idx_path}: index file not found; rebuild it by scanning the records with "
             f"`ekd-data reindex {rec_hint}`"
         )
-    index: dict[int, int] = {}
-    with open(idx_path) as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
+    text = idx_path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    table = None
+    try:  # fast path: well-formed "key<TAB>offset" lines
+        if all(line.count("\t") == 1 for line in lines):
+            table = np.array([line.split("\t") for line in lines], dtype=np.int64).reshape(-1, 2)
+    except ValueError:
+        table = None
+    if table is None:  # find the first bad line for the message
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            fields = line.strip().split("\t")
+            if not line.strip():
                 continue
-            fields = line.split("\t")
             try:
                 if len(fields) != 2:
                     raise ValueError
-                key, offset = int(fields[0]), int(fields[1])
+                int(fields[0]), int(fields[1])
             except ValueError:
                 raise RecordIOError(
-                    f"{idx_path}: line {line_no} is {line!r}, expected 'key<TAB>offset' with two integers"
+                    f"{idx_path}: line {line_no} is {line.strip()!r}, expected 'key<TAB>offset' "
+                    "with two integers"
                 ) from None
-            if offset < 0:
-                raise RecordIOError(f"{idx_path}: line {line_no}: negative offset {offset} for key {key}")
-            if key in index:
-                raise RecordIOError(f"{idx_path}: line {line_no}: key {key} appears twice")
-            index[key] = offset
-    return index
+        raise RecordIOError(f"{idx_path}: cannot parse the index")  # pragma: no cover - defensive
+    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
+    if (offsets < 0).any():
+        i = int(np.flatnonzero(offsets < 0)[0])
+        raise RecordIOError(f"{idx_path}: entry {i + 1}: negative offset {offsets[i]} for key {keys[i]}")
+    unique, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():
+        raise RecordIOError(f"{idx_path}: key {int(unique[counts > 1][0])} appears more than once")
+    return keys, offsets
 
 
 def scan_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
@@ -286,29 +309,52 @@ class RecordReader:
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         if not self.rec_path.is_file():
             raise RecordIOError(f"{self.rec_path}: record file not found")
-        index = read_index(self.idx_path, self.rec_path)
+        keys, offsets = read_index_arrays(self.idx_path, self.rec_path)
         self.file_size = self.rec_path.stat().st_size
-        self.keys: list[int] = list(index.keys())
-        for key, offset in index.items():
-            if offset >= self.file_size:
-                raise RecordIOError(
-                    f"{self.idx_path}: offset {offset} of key {key} is past the end of {self.rec_path} "
-                    f"({self.file_size} bytes); rebuild the index with `ekd-data reindex {self.rec_path}`"
-                )
+        past = np.flatnonzero(offsets >= self.file_size)
+        if past.size:
+            i = int(past[0])
+            raise RecordIOError(
+                f"{self.idx_path}: offset {offsets[i]} of key {keys[i]} is past the end of {self.rec_path} "
+                f"({self.file_size} bytes); rebuild the index with `ekd-data reindex {self.rec_path}`"
+            )
+        self.keys = keys  # int64 array in .idx order
+        self._offsets = offsets
         # The span of a record ends at the next record's offset (or the file end): one read per record.
-        starts = np.array(sorted(set(index.values())), dtype=np.int64)
+        starts = np.unique(offsets)
         ends = np.append(starts[1:], self.file_size)
-        span_of = dict(zip(starts.tolist(), (ends - starts).tolist()))
-        self._offset = index
-        self._span = {key: span_of[off] for key, off in index.items()}
+        self._spans = (ends - starts)[np.searchsorted(starts, offsets)]
+        # Key -> row: direct arithmetic for the usual contiguous keys, binary search otherwise.
+        self._first_key = int(keys[0]) if len(keys) else 0
+        self._contiguous = bool(
+            len(keys) == 0 or np.array_equal(keys, np.arange(self._first_key, self._first_key + len(keys)))
+        )
+        self._key_order = None if self._contiguous else np.argsort(keys, kind="stable")
+        self._sorted_keys = None if self._contiguous else keys[self._key_order]
         self._fd: int | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def _row(self, key: int) -> int:
+        key = int(key)
+        if self._contiguous:
+            row = key - self._first_key
+            if 0 <= row < len(self.keys):
+                return row
+        else:
+            pos = int(np.searchsorted(self._sorted_keys, key))
+            if pos < len(self._sorted_keys) and self._sorted_keys[pos] == key:
+                return int(self._key_order[pos])
+        raise RecordIOError(f"{self.idx_path}: no record with key {key}")
+
     def __contains__(self, key: int) -> bool:
-        return key in self._offset
+        try:
+            self._row(key)
+        except RecordIOError:
+            return False
+        return True
 
     def _file(self) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -326,15 +372,14 @@ class RecordReader:
         return os.read(fd, size)
 
     def offset(self, key: int) -> int:
-        try:
-            return self._offset[key]
-        except KeyError:
-            raise RecordIOError(f"{self.idx_path}: no record with key {key}") from None
+        """Byte offset of record ``key`` in the .rec file."""
+        return int(self._offsets[self._row(key)])
 
     def read(self, key: int) -> bytes:
         """The reassembled payload of record ``key``."""
-        offset = self.offset(key)
-        buf = self._pread(self._span[key], offset)
+        row = self._row(key)
+        offset = int(self._offsets[row])
+        buf = self._pread(int(self._spans[row]), offset)
         where = f"{self.rec_path} (key {key}, record at byte offset {offset})"
         if len(buf) < 8:
             raise RecordIOError(f"{where}: truncated record: only {len(buf)} bytes readable")
@@ -349,9 +394,10 @@ class RecordReader:
 
     def read_header(self, key: int) -> IRHeader:
         """The IRHeader of record ``key`` (reads only its first bytes for whole records)."""
-        offset = self.offset(key)
+        row = self._row(key)
+        offset = int(self._offsets[row])
         where = f"{self.rec_path} (key {key}, record at byte offset {offset})"
-        head = self._pread(min(self._span[key], 8 + IRHEADER_SIZE + 64), offset)
+        head = self._pread(min(int(self._spans[row]), 8 + IRHEADER_SIZE + 64), offset)
         if len(head) >= 8:
             magic, lrec = _FRAME.unpack_from(head, 0)
             length = lrec & _LENGTH_MASK
@@ -375,7 +421,5 @@ class RecordReader:
         return state
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing sensible to do
             self.close()
-        except Exception:  # interpreter shutdown: nothing sensible to do
-            pass

@@ -51,7 +51,9 @@ _FLIP_STREAM = 3
 def _as_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     array = np.asarray(labels)
     if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"sampler labels must be a non-empty 1-D integer array, got {array.dtype} {array.shape}")
+        raise DataError(
+            f"sampler labels must be a non-empty 1-D integer array, got {array.dtype} {array.shape}"
+        )
     return array.astype(np.int64)
 
 
@@ -71,7 +73,9 @@ class _EpochBatchSampler(Sampler[list[int]]):
         self.flip = bool(flip)
         self.epoch = 0
         if (rank is None) != (world_size is None):
-            raise DataError("sampler: give both rank and world_size, or neither (read from torch.distributed)")
+            raise DataError(
+                "sampler: give both rank and world_size, or neither (read from torch.distributed)"
+            )
         if world_size is not None and not 0 <= int(rank) < int(world_size):  # type: ignore[arg-type]
             raise DataError(f"sampler: rank {rank} is not in [0, world_size={world_size})")
         self._rank = rank
@@ -194,7 +198,10 @@ class RandomBatchSampler(_EpochBatchSampler):
         per_rank = self._per_rank(world_size)
         stream = self._image_stream(per_rank * world_size)
         mine = stream[rank::world_size]
-        return [mine[i : i + self.batch_size] for i in range(0, self.num_batches(world_size) * self.batch_size, self.batch_size)]
+        return [
+            mine[i : i + self.batch_size]
+            for i in range(0, self.num_batches(world_size) * self.batch_size, self.batch_size)
+        ]
 
 
 class _IdentityBatchSampler(_EpochBatchSampler):
@@ -228,7 +235,10 @@ class _IdentityBatchSampler(_EpochBatchSampler):
             )
         steps_per_perm = num_ids // per_step
         id_rng = self._rng(_IDENTITY_STREAM)
-        perms = [id_rng.permutation(num_ids)[: steps_per_perm * per_step] for _ in range(-(-steps // steps_per_perm))]
+        perms = [
+            id_rng.permutation(num_ids)[: steps_per_perm * per_step]
+            for _ in range(-(-steps // steps_per_perm))
+        ]
         # (steps, world_size, P) identity positions; all ranks' occurrences are needed to advance the
         # per-identity image cursors identically on every rank.
         ids = np.concatenate(perms)[: steps * per_step]
@@ -268,7 +278,9 @@ class PKBatchSampler(_IdentityBatchSampler):
         flip: bool = False,
     ) -> None:
         super().__init__(labels, identities, images_per_identity, seed, rank, world_size, flip)
-        self.batches_per_epoch = None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
+        self.batches_per_epoch = (
+            None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
+        )
 
     def num_batches(self, world_size: int) -> int:
         if self.batches_per_epoch is not None:
@@ -309,7 +321,9 @@ class EKDBatchSampler(_IdentityBatchSampler):
         super().__init__(labels, identities, images_per_identity, seed, rank, world_size, flip)
         self.general = _positive("general", general)
         self.cover_all = cover_all
-        self.batches_per_epoch = None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
+        self.batches_per_epoch = (
+            None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
+        )
 
     @property
     def batch_layout(self) -> dict[str, int]:
@@ -324,6 +338,8 @@ class EKDBatchSampler(_IdentityBatchSampler):
 
     def _plan(self, rank: int, world_size: int) -> list[np.ndarray]:
         steps = self.num_batches(world_size)
-        general = self._image_stream(steps * world_size * self.general).reshape(steps, world_size, self.general)
+        general = self._image_stream(steps * world_size * self.general).reshape(
+            steps, world_size, self.general
+        )
         balanced = self._balanced(steps, rank, world_size)
         return list(np.concatenate([general[:, rank, :], balanced], axis=1))

@@ -251,7 +251,6 @@ class _IdentityCanvas:
     """What stays fixed across one identity's images: the face outline and its skin texture maps."""
 
     def __init__(self, p: dict[str, np.ndarray]) -> None:
-        from PIL import Image
 
         fw, fh, fcy, jaw = float(p["face_w"]), float(p["face_h"]), float(p["face_cy"]), float(p["jaw"])
         t = _ANGLES[64]
@@ -269,8 +268,8 @@ class _IdentityCanvas:
         inside = 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / 0.01, -50.0, 50.0)))
         relief = 1.0 - 0.3 * np.clip(r, 0.0, 1.0) ** 4
         # Multiplicative maps (minus 1) restricted to the face; warped per image with the pose.
-        self.skin = Image.fromarray((inside * (relief * (1.0 + texture) - 1.0)).astype(np.float32), "F")
-        self.wrinkles = Image.fromarray((inside * _WRINKLES).astype(np.float32), "F")
+        self.skin = (inside * (relief * (1.0 + texture) - 1.0)).astype(np.float32)
+        self.wrinkles = (inside * _WRINKLES).astype(np.float32)
 
 
 def _pose_matrix(q: dict[str, np.ndarray]) -> tuple[float, ...]:
@@ -393,11 +392,12 @@ def render_image(
     matrix = _pose_matrix(q)
     size = (IMAGE_SIZE, IMAGE_SIZE)
     out = im.transform(size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR, fillcolor=bg)
-    skin_map = canvas.skin.transform(size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR)
+    # One warp for both maps: combining them at canvas size is cheaper than a second transform.
+    skin_map = canvas.skin + (age * age) * canvas.wrinkles if age > 0.05 else canvas.skin
+    skin_map = Image.fromarray(skin_map, "F").transform(
+        size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR
+    )
     factor = 1.0 + np.asarray(skin_map, dtype=np.float32)
-    if age > 0.05:
-        wrinkles = canvas.wrinkles.transform(size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR)
-        factor = factor + (age * age) * np.asarray(wrinkles, dtype=np.float32)
 
     # Partial occlusion: a horizontal bar (glasses / scarf) or a block (hand / object).
     occluder = None

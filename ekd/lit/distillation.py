@@ -370,7 +370,7 @@ class DistillationModule(RecognitionModule):
         def batches():
             for start in range(0, cache.num_images, chunk):
                 indices = torch.arange(start, min(start + chunk, cache.num_images))
-                labels = torch.from_numpy(np.asarray(cache.labels[start : start + chunk], dtype=np.int64))
+                labels = torch.from_numpy(np.array(cache.labels[start : start + chunk], dtype=np.int64))
                 for flip in (False, True):
                     yield cache.lookup(indices, torch.full(indices.shape, flip)), labels
 

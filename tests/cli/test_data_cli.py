@@ -37,7 +37,14 @@ def test_synth_writes_rec_and_bins(tmp_path, capsys):
             "--heldout-identities", "2", "--seed", "3"]  # fmt: skip
     assert main(argv) == 0
     assert "wrote 6 images of 3 identities" in capsys.readouterr().out
-    for name in ("train.rec", "train.idx", "property", "synth_frontal.bin", "synth_pose.bin", "synth_age.bin"):
+    for name in (
+        "train.rec",
+        "train.idx",
+        "property",
+        "synth_frontal.bin",
+        "synth_pose.bin",
+        "synth_age.bin",
+    ):
         assert (out / name).is_file()
     assert main(["info", str(out / "synth_age.bin")]) == 0
     assert "4 pairs (2 same)" in capsys.readouterr().out

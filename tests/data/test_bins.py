@@ -23,7 +23,8 @@ def _pairs(n_pairs: int = 3, size: int = 112, seed: int = 0) -> tuple[torch.Tens
 
 def test_known_sets_registry():
     assert KNOWN_BIN_SETS == {
-        "lfw": 6000, "cfp_fp": 7000, "cfp_ff": 7000, "agedb_30": 6000, "calfw": 6000, "cplfw": 6000, "vgg2_fp": 5000,
+        "lfw": 6000, "cfp_fp": 7000, "cfp_ff": 7000, "agedb_30": 6000,
+        "calfw": 6000, "cplfw": 6000, "vgg2_fp": 5000,
     }  # fmt: skip
 
 

@@ -71,7 +71,9 @@ def test_val_sets_by_name_and_path(synth_root, tmp_path):
 
 
 def test_existing_data_with_other_arguments_is_refused(synth_root):
-    dm = FaceDataModule(source="synthetic", root=str(synth_root), synthetic={**SYNTH, "seed": 2}, num_workers=0)
+    dm = FaceDataModule(
+        source="synthetic", root=str(synth_root), synthetic={**SYNTH, "seed": 2}, num_workers=0
+    )
     with pytest.raises(DataError, match=r"synthetic\.json: .*other arguments.*'seed': \(1, 2\)"):
         dm.prepare_data()
 
@@ -145,10 +147,14 @@ def test_lightning_resume_mid_epoch_sees_the_same_batches(synth_root, tmp_path):
     assert len(full_model.seen) == 2 * 6
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), every_n_train_steps=2, save_top_k=-1)
     first = _Recorder()
-    _trainer(tmp_path / "a", max_steps=8, callbacks=[ckpt]).fit(first, datamodule=_dm(synth_root, batch_size=4, flip=False))
+    _trainer(tmp_path / "a", max_steps=8, callbacks=[ckpt]).fit(
+        first, datamodule=_dm(synth_root, batch_size=4, flip=False)
+    )
     resumed = _Recorder()
     _trainer(tmp_path / "b", max_epochs=2, enable_checkpointing=False).fit(
-        resumed, datamodule=_dm(synth_root, batch_size=4, flip=False), ckpt_path=str(tmp_path / "ck" / "epoch=1-step=8.ckpt")
+        resumed,
+        datamodule=_dm(synth_root, batch_size=4, flip=False),
+        ckpt_path=str(tmp_path / "ck" / "epoch=1-step=8.ckpt"),
     )
     # Step 8 is the 2nd batch of epoch 1: the resumed run must yield exactly batches 3..6 of that epoch.
     assert resumed.seen == full_model.seen[8:]

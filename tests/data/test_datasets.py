@@ -105,7 +105,9 @@ def test_identity_ranges_inconsistent_with_labels_fall_back_to_headers(tmp_path)
 def test_label_out_of_range_names_record(insightface_root):
     root, _ = insightface_root
     (root / "property").write_text("2,112,112")
-    with pytest.raises(DataError, match=r"train\.rec: record key 5 has label 2, expected 0 <= label < num_classes = 2"):
+    with pytest.raises(
+        DataError, match=r"train\.rec: record key 5 has label 2, expected 0 <= label < num_classes = 2"
+    ):
         FaceRecordDataset(root)
 
 
@@ -201,3 +203,15 @@ def test_pack_folder_round_trip(tmp_path):
         reference = fit_to_size(decode_image(path.read_bytes()))
         diff = (payload_image.int() - reference.int()).abs().float().mean()
         assert diff < 2.0  # JPEG re-encoding of a smooth image at quality 95
+
+
+def test_index_flip_pairs_and_return_index(insightface_root):
+    root, images = insightface_root
+    dataset = FaceRecordDataset(root, flip=True, return_index=True)
+    image, label, index, flipped = dataset[(2, True)]
+    expected = (torch.from_numpy(images[2]).permute(2, 0, 1).double().flip(-1) - 127.5) / 127.5
+    torch.testing.assert_close(image.double(), expected, rtol=0, atol=1e-6)
+    assert (label, index, flipped) == (0, 2, True)
+    assert dataset[(2, False)][3] is False
+    with pytest.raises(DataError, match=r"sample key \(1, 2, 3\)"):
+        dataset[(1, 2, 3)]

@@ -104,7 +104,7 @@ def test_writer_reader_round_trip_and_index_offsets(tmp_path):
     assert idx.read_text() == "".join(f"{k}\t{o}\n" for k, o in expected_offsets.items())
     assert rec.stat().st_size == offset
     reader = RecordReader(rec, idx)
-    assert reader.keys == list(payloads)
+    assert reader.keys.tolist() == list(payloads)
     for key, payload in payloads.items():
         assert reader.read(key) == payload
         got, want = reader.read_header(key), unpack_payload(payload)[0]
@@ -165,7 +165,7 @@ def test_wrong_magic_names_file_and_offset(tmp_path):
     data = bytearray(rec.read_bytes())
     data[offset : offset + 4] = b"XXXX"
     rec.write_bytes(bytes(data))
-    with pytest.raises(RecordIOError, match=rf"t\.rec.*key 1.*wrong magic"):
+    with pytest.raises(RecordIOError, match=r"t\.rec.*key 1.*wrong magic"):
         RecordReader(rec, idx).read(1)
     with pytest.raises(RecordIOError, match=rf"wrong magic .* at byte offset {offset}"):
         list(scan_records(rec))
@@ -219,3 +219,19 @@ def test_duplicate_key_is_refused(tmp_path):
         writer.write(1, b"a")
         with pytest.raises(ValueError, match="key 1 written twice"):
             writer.write(1, b"b")
+
+
+def test_non_contiguous_keys_and_duplicate_index_keys(tmp_path):
+    payloads = {
+        7: pack_payload(0.0, b"seven"),
+        3: pack_payload(1.0, b"three"),
+        100: pack_payload(2.0, b"hundred"),
+    }
+    rec, idx = _write(tmp_path, payloads)
+    reader = RecordReader(rec, idx)
+    assert reader.keys.tolist() == [7, 3, 100] and 100 in reader and 8 not in reader
+    for key, payload in payloads.items():
+        assert reader.read(key) == payload
+    idx.write_text("1\t0\n1\t0\n")
+    with pytest.raises(RecordIOError, match=r"t\.idx: key 1 appears more than once"):
+        RecordReader(rec, idx)

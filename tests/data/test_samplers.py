@@ -59,7 +59,9 @@ def _check_balanced(block: list[int], p: int, k: int) -> list[int]:
 
 def test_ekd_batch_layout_general_first():
     g, p, k = 6, 3, 4
-    sampler = EKDBatchSampler(LABELS, general=g, identities=p, images_per_identity=k, seed=0, rank=0, world_size=1)
+    sampler = EKDBatchSampler(
+        LABELS, general=g, identities=p, images_per_identity=k, seed=0, rank=0, world_size=1
+    )
     assert sampler.batch_layout == {"general": 6, "balanced": 12}
     batches = epoch(sampler)
     assert len(batches) == len(sampler) == 42 // 6
@@ -113,7 +115,9 @@ def test_ekd_cover_all_sees_every_image():
     general = [i for batches in ranks for b in batches for i in b[:g]]
     assert set(general) == set(range(42))
     assert len(general) - 42 < g * world  # only the last step is topped up
-    without = EKDBatchSampler(LABELS, general=g, identities=2, images_per_identity=2, rank=0, world_size=world)
+    without = EKDBatchSampler(
+        LABELS, general=g, identities=2, images_per_identity=2, rank=0, world_size=world
+    )
     assert len(without) == 42 // (g * world)
 
 
@@ -151,7 +155,9 @@ def test_pk_sampler():
     "make",
     [
         lambda: RandomBatchSampler(LABELS, 4, seed=7, rank=1, world_size=2),
-        lambda: EKDBatchSampler(LABELS, general=3, identities=2, images_per_identity=3, seed=7, rank=1, world_size=2),
+        lambda: EKDBatchSampler(
+            LABELS, general=3, identities=2, images_per_identity=3, seed=7, rank=1, world_size=2
+        ),
         lambda: PKBatchSampler(LABELS, identities=2, images_per_identity=2, seed=7, rank=1, world_size=2),
     ],
 )
@@ -229,3 +235,24 @@ def test_rank_and_world_size_come_from_the_process_group():
         assert result["batches"] == epoch(explicit, 1)
         assert result["length"] == 42 // 8 and result["state"]["world_size"] == 2
     assert results[0]["batches"] != results[1]["batches"]
+
+
+def test_sampler_flips_are_pairs_reproducible_and_resume_safe():
+    make = lambda: EKDBatchSampler(LABELS, general=3, identities=2, images_per_identity=2, seed=2, flip=True,  # noqa: E731
+                                   rank=0, world_size=1)  # fmt: skip
+    full = epoch(make(), 1)
+    assert all(isinstance(row, tuple) and isinstance(row[1], bool) for batch in full for row in batch)
+    flips = [f for batch in full for _, f in batch]
+    assert 0 < sum(flips) < len(flips)
+    # Same indices as without flips, and the same flips after a mid-epoch resume.
+    plain = epoch(EKDBatchSampler(LABELS, general=3, identities=2, images_per_identity=2, seed=2, rank=0,
+                                  world_size=1), 1)  # fmt: skip
+    assert [[i for i, _ in batch] for batch in full] == plain
+    run = make()
+    run.set_epoch(1)
+    it = iter(run)
+    next(it)
+    resumed = make()
+    resumed.load_state_dict(run.state_dict())
+    resumed.set_epoch(1)
+    assert list(resumed) == full[1:]

@@ -55,7 +55,9 @@ def test_same_identity_is_closer_than_other_identity_without_nuisance():
     # Raw-pixel sanity check: with pose, light and background fixed, the identity parameters are
     # what changes the picture.
     q = _frontal(np.random.default_rng(1))
-    faces = [render_image(sample_identity(np.random.default_rng(i)), q, np.random.default_rng(0)) for i in range(3)]
+    faces = [
+        render_image(sample_identity(np.random.default_rng(i)), q, np.random.default_rng(0)) for i in range(3)
+    ]
     q2 = dict(q, age=np.asarray(0.3))
     again = render_image(sample_identity(np.random.default_rng(0)), q2, np.random.default_rng(0))
     same = np.abs(again.astype(int) - faces[0]).mean()

@@ -317,3 +317,98 @@ def test_cli_build_info_and_errors(setup, tmp_path, capsys):
     assert "not a teacher cache" in capsys.readouterr().err
     assert cache_main([*args[:-2], "--teacher-kwargs", "[1]", "--device", "cpu"]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ DistillationModule hook
+def _module(setup, objectives, **kwargs):
+    from ekd.lit.distillation import DistillationModule
+
+    options = dict(
+        backbone=TEACHER, num_classes=4, teacher=TEACHER, teacher_checkpoint=str(setup["checkpoint"]),
+        teacher_kwargs=TEACHER_KW, objectives=objectives, backbone_kwargs={"base_width": 8}, embedding_size=16,
+        head_kwargs={"s": 16.0, "m": 0.3}, optim={"lr": 0.01}, schedule={"name": "constant"},
+        teacher_cache=str(setup["cache"]),
+    )  # fmt: skip
+    options.update(kwargs)
+    return DistillationModule(**options)
+
+
+def _fit(module, root, steps=2):
+    import pytorch_lightning as pl
+
+    from ekd.data.datamodule import FaceDataModule
+
+    data = FaceDataModule(source="rec", root=str(root), sampler="ekd", general=4, identities=2, images_per_identity=2,
+                          flip=True, num_workers=0, val_sets=[])  # fmt: skip
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return data
+
+
+def test_distillation_reads_the_cache_instead_of_running_the_teacher(setup):
+    from tests.lit.common import CaptureObjectiveInputs
+
+    module = _module(setup, {"ekd": {"weight": 1.0}, "kd": {"weight": 1.0}}, teacher_centres="prototypes")
+    captured = CaptureObjectiveInputs(module.objectives["kd"])
+    module.teacher.forward_features = lambda x: pytest.fail("the teacher ran although the cache is active")
+    data = _fit(module, setup["data"])
+    assert module.cache_active and data.return_index
+    # what the objective received: the teacher embedding of each row's image as the student saw it
+    dataset = FaceRecordDataset(setup["data"], flip=False)
+    plain, mirrored = _online(setup["teacher"], dataset)
+    sampler = data.build_sampler()
+    for (student, teacher, labels), batch in zip(captured.calls, sampler):
+        indices = torch.tensor([i for i, _ in batch])
+        flips = torch.tensor([f for _, f in batch])
+        torch.testing.assert_close(labels, torch.as_tensor(dataset.labels[indices]))
+        _within_float16(teacher.embedding, torch.where(flips[:, None], mirrored[indices], plain[indices]))
+        # teacher logits from the cached embedding: s cos(f^_t, W^_t), prototypes from the cache
+        centres = torch.nn.functional.normalize(module.teacher_class_centres.double(), dim=1)
+        expected = 64.0 * torch.nn.functional.normalize(teacher.embedding.double(), dim=1) @ centres.T
+        torch.testing.assert_close(teacher.logits.double(), expected, rtol=1e-5, atol=1e-4)
+    assert len(captured.calls) == 2 and bool(sampler.flip)
+    # prototypes from the cache: mean of the normalised embeddings of every image and its mirror
+    unit = torch.cat(
+        [torch.nn.functional.normalize(plain, dim=1), torch.nn.functional.normalize(mirrored, dim=1)]
+    )
+    labels = torch.as_tensor(np.concatenate([dataset.labels, dataset.labels]))
+    means = torch.stack([unit[labels == c].mean(0) for c in range(4)])
+    torch.testing.assert_close(module.teacher_class_centres.double(), torch.nn.functional.normalize(means, dim=1),
+                               rtol=0, atol=2e-3)  # fmt: skip
+
+
+def test_stage_objectives_and_augmentation_keep_the_online_teacher(setup, caplog):
+    module = _module(setup, {"fitnet": {"weight": 1.0}})
+    assert module.teacher_cache is None
+    assert "objectives ['fitnet'] read the teacher's stage feature maps" in caplog.text
+    assert "the teacher runs online" in caplog.text
+    caplog.clear()
+    module = _module(setup, {"mimic": {"weight": 1.0}})
+    import pytorch_lightning as pl
+
+    # a plain loader (no datamodule): nothing tells the module which image each row is
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    images = torch.rand(4, 3, 112, 112) * 2 - 1
+    trainer.fit(
+        module,
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.arange(4)), batch_size=4),
+    )
+    assert not module.cache_active and "does not come from a datamodule" in caplog.text
+
+
+def test_cache_of_another_teacher_or_dataset_is_refused(setup, tmp_path):
+    other_teacher = create_backbone(TEACHER, **TEACHER_KW)
+    path = tmp_path / "other.pth"
+    torch.save(other_teacher.state_dict(), path)
+    with pytest.raises(TeacherCacheMismatchError) as err:
+        _module(setup, {"mimic": {"weight": 1.0}}, teacher_checkpoint=str(path))
+    assert setup["sha"] in str(err.value) and file_sha256(path) in str(err.value)
+    other = _write_records(tmp_path / "data", labels=[0, 0, 1, 1, 2, 2, 3, 3])
+    with pytest.raises(TeacherCacheMismatchError) as err:
+        _fit(_module(setup, {"mimic": {"weight": 1.0}}), other)
+    expected = dataset_fingerprint(FaceRecordDataset(other))
+    assert TeacherEmbeddingCache(setup["cache"]).dataset_fingerprint in str(err.value) and expected in str(
+        err.value
+    )

@@ -1,0 +1,106 @@
+"""Shared pieces of the performance benchmarks: real training steps of the ekd Lightning modules run by
+hand (no Trainer), a random teacher file, a teacher cache with stand-in values, and timing helpers.
+
+The step is ``module.training_step(batch)`` + backward + SGD step, i.e. exactly the code a Trainer
+runs per batch (the loop overhead is measured separately in bench_lightning_loop.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ekd.data.datasets import FaceRecordDataset, write_face_records
+from ekd.data.images import encode_jpeg
+from ekd.distill.cache import EMBEDDINGS_FILE, FLIPPED_FILE, finalize_cache, make_index, prepare_cache
+from ekd.models import create_backbone, file_sha256
+
+HEAD_KW: dict[str, Any] = {"s": 64.0, "m": 0.5}
+
+
+def teacher_file(directory: Path, name: str = "iresnet50", embedding_size: int = 512) -> Path:
+    path = directory / f"{name}.pth"
+    torch.manual_seed(1)
+    torch.save(create_backbone(name, embedding_size=embedding_size).state_dict(), path)
+    return path
+
+
+def stand_in_cache(
+    directory: Path, teacher: str, teacher_path: Path, num_images: int, num_classes: int, dim: int = 512
+) -> tuple[Path, FaceRecordDataset]:
+    """A real cache folder over a real (tiny) RecordIO dataset, filled with random values: the benchmark
+    measures the look-up, not the teacher (building it with iresnet50 would take minutes on a CPU)."""
+    rng = np.random.default_rng(0)
+    labels = np.sort(rng.integers(0, num_classes, num_images))
+    blank = encode_jpeg(np.zeros((112, 112, 3), dtype=np.uint8))
+    data = directory / "data"
+    write_face_records(data, [blank] * num_images, labels, num_classes=num_classes)
+    dataset = FaceRecordDataset(data)
+    out = prepare_cache(directory / "cache", num_images, dim, dataset.labels)
+    for name in (EMBEDDINGS_FILE, FLIPPED_FILE):
+        array = np.load(out / name, mmap_mode="r+")
+        array[:] = rng.standard_normal(array.shape).astype(np.float16)
+        array.flush()
+    finalize_cache(out, make_index(dataset, teacher, file_sha256(teacher_path), dim))
+    return out, dataset
+
+
+class StepRunner:
+    """One optimisation step of a module on a fixed batch: training_step, backward, SGD step."""
+
+    def __init__(self, module: torch.nn.Module, batch: tuple, device: str = "cpu", autocast: str | None = None):
+        self.module = module.to(device).train()
+        self.batch = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+        self.device = device
+        self.autocast = autocast
+
+    def __call__(self) -> None:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.autocast or "", None)
+        with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype is not None):
+            loss = self.module.training_step(self.batch, 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, device: str = "cpu"
+) -> dict[str, float]:
+    """Median seconds per call of each function, measured round-robin (A B C A B C ...) so that a
+    shared, noisy CPU affects every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ekd-bench-"))
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
