@@ -15,8 +15,16 @@ import argparse
 import platform
 
 import torch
+from perf_common import (
+    HEAD_KW,
+    StepRunner,
+    markdown_table,
+    stand_in_cache,
+    teacher_file,
+    time_interleaved,
+    workdir,
+)
 
-from perf_common import HEAD_KW, StepRunner, markdown_table, stand_in_cache, teacher_file, time_interleaved, workdir
 from ekd.distill.cache import TeacherEmbeddingCache
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import RecognitionModule
@@ -25,9 +33,16 @@ from ekd.lit.recognition import RecognitionModule
 def build(args: argparse.Namespace) -> dict[str, StepRunner]:
     directory = workdir()
     teacher_path = teacher_file(directory, args.teacher)
-    cache_dir, dataset = stand_in_cache(directory, args.teacher, teacher_path, num_images=4 * args.batch, num_classes=args.classes)
-    common = dict(backbone=args.student, num_classes=args.classes, head_kwargs=HEAD_KW,
-                  optim={"lr": 0.1}, schedule={"name": "constant"})  # fmt: skip
+    cache_dir, dataset = stand_in_cache(
+        directory, args.teacher, teacher_path, num_images=4 * args.batch, num_classes=args.classes
+    )
+    common = dict(
+        backbone=args.student,
+        num_classes=args.classes,
+        head_kwargs=HEAD_KW,
+        optim={"lr": 0.1},
+        schedule={"name": "constant"},
+    )
     objectives = {args.objective: {"weight": 1.0}}
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, 112, 112) * 2 - 1
@@ -36,10 +51,16 @@ def build(args: argparse.Namespace) -> dict[str, StepRunner]:
     flipped = indices % 2 == 0
 
     plain = RecognitionModule(**common)
-    online = DistillationModule(**common, teacher=args.teacher, teacher_checkpoint=str(teacher_path),
-                                objectives=objectives)  # fmt: skip
-    cached = DistillationModule(**common, teacher=args.teacher, teacher_checkpoint=str(teacher_path),
-                                objectives=objectives, teacher_cache=str(cache_dir))  # fmt: skip
+    online = DistillationModule(
+        **common, teacher=args.teacher, teacher_checkpoint=str(teacher_path), objectives=objectives
+    )
+    cached = DistillationModule(
+        **common,
+        teacher=args.teacher,
+        teacher_checkpoint=str(teacher_path),
+        objectives=objectives,
+        teacher_cache=str(cache_dir),
+    )
     # what setup("fit") does after checking the dataset fingerprint
     assert isinstance(cached.teacher_cache, TeacherEmbeddingCache)
     cached.cache_active = True
@@ -63,12 +84,20 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.student, args.teacher, args.batch, args.repeats, args.classes = "mobilefacenet", "iresnet18", 4, 1, 10
+        args.student, args.teacher, args.batch, args.repeats, args.classes = (
+            "mobilefacenet",
+            "iresnet18",
+            4,
+            1,
+            10,
+        )
     torch.set_num_threads(args.threads)
     runners = build(args)
     seconds = time_interleaved(runners, args.repeats)
     base = seconds["plain student"]
-    rows = [[name, f"{1000 * s:.0f}", f"{s / base:.2f}x", f"{args.batch / s:.1f}"] for name, s in seconds.items()]
+    rows = [
+        [name, f"{1000 * s:.0f}", f"{s / base:.2f}x", f"{args.batch / s:.1f}"] for name, s in seconds.items()
+    ]
     table = markdown_table(["variant", "ms / step", "vs plain", "images / s"], rows)
     text = (
         f"Distillation step, student {args.student}, teacher {args.teacher}, objective {args.objective}, "

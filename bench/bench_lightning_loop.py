@@ -26,9 +26,13 @@ from ekd.lit.recognition import RecognitionModule
 
 def _module(args: argparse.Namespace) -> RecognitionModule:
     torch.manual_seed(0)
-    return RecognitionModule(backbone=args.backbone, num_classes=args.classes, head_kwargs=HEAD_KW,
-                             optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
-                             schedule={"name": "constant"})  # fmt: skip
+    return RecognitionModule(
+        backbone=args.backbone,
+        num_classes=args.classes,
+        head_kwargs=HEAD_KW,
+        optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+        schedule={"name": "constant"},
+    )
 
 
 def _loader(args: argparse.Namespace) -> DataLoader:
@@ -65,9 +69,17 @@ class _Clock(pl.Callback):
 def lightning_loop(args: argparse.Namespace, loader: DataLoader) -> float:
     module = _module(args)
     clock = _Clock()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[clock])  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
     trainer.fit(module, loader)
     return clock.seconds
 
@@ -100,7 +112,8 @@ def main(argv: list[str] | None = None) -> str:
     ]
     table = markdown_table(["loop", "s per epoch", "images / s", "throughput vs raw"], rows)
     text = (
-        f"Training loop, {args.backbone}, batch {args.batch}, {args.steps} steps per epoch, {args.classes} classes, "
+        f"Training loop, {args.backbone}, batch {args.batch}, {args.steps} steps per epoch, "
+        f"{args.classes} classes, "
         f"{args.threads} thread(s), median of {args.rounds} alternating rounds\n\n{table}\n"
     )
     print(text)

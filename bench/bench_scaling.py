@@ -73,11 +73,17 @@ def main(argv: list[str] | None = None) -> str:
 
     rows = []
     for name in RELATIONAL:
-        seconds = time_interleaved({str(b): _objective_step(name, b, args.dim) for b in batches}, args.repeats)
+        seconds = time_interleaved(
+            {str(b): _objective_step(name, b, args.dim) for b in batches}, args.repeats
+        )
         base = seconds[str(batches[0])]
-        rows.append([name, *(f"{1000 * seconds[str(b)]:.1f} ({seconds[str(b)] / base:.1f}x)" for b in batches)])
+        rows.append(
+            [name, *(f"{1000 * seconds[str(b)]:.1f} ({seconds[str(b)] / base:.1f}x)" for b in batches)]
+        )
     table = markdown_table(["objective", *(f"B = {b}" for b in batches)], rows)
-    head_seconds = time_interleaved({str(c): _head_step(c, args.head_batch, args.dim) for c in classes}, args.repeats)
+    head_seconds = time_interleaved(
+        {str(c): _head_step(c, args.head_batch, args.dim) for c in classes}, args.repeats
+    )
     base = head_seconds[str(classes[0])]
     head_table = markdown_table(
         ["classes", "ms / step", f"vs {classes[0]}"],

@@ -15,15 +15,29 @@ import argparse
 import time
 
 import torch
-from perf_common import HEAD_KW, StepRunner, markdown_table, stand_in_cache, teacher_file, time_interleaved, workdir
+from perf_common import (
+    HEAD_KW,
+    StepRunner,
+    markdown_table,
+    stand_in_cache,
+    teacher_file,
+    time_interleaved,
+    workdir,
+)
 
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import RecognitionModule
 
 
 def _variants(args: argparse.Namespace, student: str, teacher: str, teacher_path, cache_dir, labels) -> dict:
-    common = dict(backbone=student, num_classes=args.classes, head_kwargs=HEAD_KW, optim={"lr": 0.1},
-                  schedule={"name": "constant"}, channels_last=args.channels_last)  # fmt: skip
+    common = dict(
+        backbone=student,
+        num_classes=args.classes,
+        head_kwargs=HEAD_KW,
+        optim={"lr": 0.1},
+        schedule={"name": "constant"},
+        channels_last=args.channels_last,
+    )
     distill = dict(teacher=teacher, teacher_checkpoint=str(teacher_path), objectives={"ekd": {"weight": 1.0}})
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, 112, 112, generator=generator) * 2 - 1
@@ -34,9 +48,12 @@ def _variants(args: argparse.Namespace, student: str, teacher: str, teacher_path
     autocast = None if args.precision == "32" else args.precision
     return {
         f"{student} plain": StepRunner(RecognitionModule(**common), (images, labels), args.device, autocast),
-        f"{student} distill cached": StepRunner(cached, (images, labels, indices, flipped), args.device, autocast),
-        f"{student} distill online": StepRunner(DistillationModule(**common, **distill), (images, labels),
-                                                 args.device, autocast),  # fmt: skip
+        f"{student} distill cached": StepRunner(
+            cached, (images, labels, indices, flipped), args.device, autocast
+        ),
+        f"{student} distill online": StepRunner(
+            DistillationModule(**common, **distill), (images, labels), args.device, autocast
+        ),
     }
 
 
@@ -73,14 +90,18 @@ def main(argv: list[str] | None = None) -> str:
         runners = _variants(args, student, args.teacher, teacher_path, cache_dir, labels)
         seconds = time_interleaved(runners, args.repeats, warmup=1 if args.quick else 3, device=args.device)
         plain = seconds[f"{student} plain"]
-        rows += [[variant, f"{args.batch / s:.0f}", f"{1000 * s:.1f}", f"{s / plain:.2f}x"] for variant, s in seconds.items()]
+        rows += [
+            [variant, f"{args.batch / s:.0f}", f"{1000 * s:.1f}", f"{s / plain:.2f}x"]
+            for variant, s in seconds.items()
+        ]
         for runner in runners.values():  # free the device memory before the next student
             runner.module.cpu()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     table = markdown_table(["variant", "images / s", "ms / step", "step vs plain"], rows)
     text = (
-        f"GPU benchmark on {name}: teacher {args.teacher}, EKD objective, batch {args.batch}, {args.classes} classes, "
+        f"GPU benchmark on {name}: teacher {args.teacher}, EKD objective, batch {args.batch}, "
+        f"{args.classes} classes, "
         f"precision {args.precision}, channels_last {args.channels_last}, median of {args.repeats}; "
         f"total {time.perf_counter() - started:.0f} s\n\n{table}\n"
     )

@@ -55,7 +55,9 @@ def stand_in_cache(
 class StepRunner:
     """One optimisation step of a module on a fixed batch: training_step, backward, SGD step."""
 
-    def __init__(self, module: torch.nn.Module, batch: tuple, device: str = "cpu", autocast: str | None = None):
+    def __init__(
+        self, module: torch.nn.Module, batch: tuple, device: str = "cpu", autocast: str | None = None
+    ):
         self.module = module.to(device).train()
         self.batch = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
         params = [p for p in module.parameters() if p.requires_grad]
@@ -64,8 +66,10 @@ class StepRunner:
         self.autocast = autocast
 
     def __call__(self) -> None:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.autocast or "", None)
-        with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype is not None):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.autocast or "")
+        with torch.autocast(
+            device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype is not None
+        ):
             loss = self.module.training_step(self.batch, 0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

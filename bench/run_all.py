@@ -40,7 +40,9 @@ def arguments(script: Path, quick: bool, tmp: Path) -> list[str]:
         if not (root / "train.rec").is_file():
             from ekd.data.synthetic import SyntheticConfig, write_synthetic
 
-            size = dict(identities=20, images_per_identity=4, pairs=40, heldout_identities=10) if quick else {}
+            size = (
+                dict(identities=20, images_per_identity=4, pairs=40, heldout_identities=10) if quick else {}
+            )
             write_synthetic(root, SyntheticConfig(**size))
         args += ["--root", str(root)]
     if quick:

@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="training data: RecordIO folder (train.rec/.idx) or image folder"
     )
     build.add_argument("--output", required=True, help="cache folder to write")
-    build.add_argument("--source", choices=("auto", "rec", "folder"), default="auto",
-                       help="data kind (auto: rec when DATA/train.rec exists)")  # fmt: skip
+    build.add_argument(
+        "--source",
+        choices=("auto", "rec", "folder"),
+        default="auto",
+        help="data kind (auto: rec when DATA/train.rec exists)",
+    )
     build.add_argument("--teacher-kwargs", default="{}", help="JSON options for the teacher backbone")
     build.add_argument(
         "--prefix", default=None, help="key prefix inside a Lightning checkpoint (default student.)"
@@ -167,10 +171,20 @@ def _build(args: argparse.Namespace) -> None:
             torch.cuda.set_device(torch.device(device))
         try:
             path = build_teacher_cache(
-                teacher, dataset, args.output, args.teacher, sha256, kwargs, args.checkpoint, args.batch_size,
-                args.num_workers, device, args.precision, args.overwrite,
+                teacher,
+                dataset,
+                args.output,
+                args.teacher,
+                sha256,
+                kwargs,
+                args.checkpoint,
+                args.batch_size,
+                args.num_workers,
+                device,
+                args.precision,
+                args.overwrite,
                 _progress(f"[rank {torch_dist.get_rank()}] "),
-            )  # fmt: skip
+            )
         finally:
             torch_dist.destroy_process_group()
     elif args.devices > 1:
@@ -184,15 +198,33 @@ def _build(args: argparse.Namespace) -> None:
             _spawned_shard, args=(args.devices, args), nprocs=args.devices, join=True, start_method="spawn"
         )
         index = make_index(
-            dataset, args.teacher, sha256, embedding_size, kwargs, args.checkpoint, args.devices,
-            time.perf_counter() - started, args.precision,
-        )  # fmt: skip
+            dataset,
+            args.teacher,
+            sha256,
+            embedding_size,
+            kwargs,
+            args.checkpoint,
+            args.devices,
+            time.perf_counter() - started,
+            args.precision,
+        )
         path = finalize_cache(args.output, index)
     else:
         path = build_teacher_cache(
-            teacher, dataset, args.output, args.teacher, sha256, kwargs, args.checkpoint, args.batch_size,
-            args.num_workers, _resolve_device(args.device), args.precision, args.overwrite, _progress(""),
-        )  # fmt: skip
+            teacher,
+            dataset,
+            args.output,
+            args.teacher,
+            sha256,
+            kwargs,
+            args.checkpoint,
+            args.batch_size,
+            args.num_workers,
+            _resolve_device(args.device),
+            args.precision,
+            args.overwrite,
+            _progress(""),
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         elapsed = time.perf_counter() - started
         print(

@@ -44,17 +44,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ekd.config import CONF_DIR, REPO_ROOT, register_configs
+from ekd.config import CONF_DIR, REPO_ROOT, ConfigError, register_configs, validate_config
 
 # Hydra composes the config inside ``main``; the ConfigStore entries must exist before that.
 register_configs()
 
 RESOLVED_CONFIG = "config.yaml"
 BACKBONE_FILE = "backbone.pth"
-
-
-class ConfigError(ValueError):
-    """A configuration that composes but cannot be run (missing values, inconsistent choices)."""
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -77,7 +73,8 @@ def uses_teacher(cfg: DictConfig) -> bool:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Fail early, naming the key, on missing mandatory values and inconsistent choices."""
+    """Fail early, naming the key, on unknown keys, missing mandatory values and inconsistent choices."""
+    validate_config(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if not uses_teacher(cfg):
         missing = [key for key in missing if not key.startswith("teacher.")]

@@ -12,12 +12,16 @@ anything) registers, once per process:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
+import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ekd.config.schema import (
     BackboneConfig,
@@ -41,6 +45,7 @@ __all__ = [
     "BenchmarkConfig",
     "CallbacksConfig",
     "CONF_DIR",
+    "ConfigError",
     "DataConfig",
     "DataSource",
     "DistillConfig",
@@ -53,6 +58,7 @@ __all__ = [
     "Sampler",
     "TrainConfig",
     "TrainerConfig",
+    "validate_config",
     "register_configs",
     "register_experiments",
     "run_uid",
@@ -97,6 +103,45 @@ def register_experiments(directory: Path = EXPERIMENTS_DIR) -> list[str]:
         store.store(group=group, name=relative.name, node=node, package="_global_", provider="ekd")
         names.append(relative.as_posix())
     return names
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but cannot be run (unknown keys, missing values, bad choices)."""
+
+
+def _unknown_keys(node: Mapping[str, Any], schema: type, prefix: str = "") -> list[str]:
+    """Dotted keys of ``node`` that the dataclass ``schema`` (recursively) does not declare.
+
+    Free-form mappings (``dict[str, Any]`` fields such as ``student.kwargs``) are not descended into:
+    their keys are checked by the parts they configure.
+    """
+    fields = {f.name for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    unknown = []
+    for key, value in node.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            unknown.append(f"{prefix}{key} (not a key of {schema.__name__}; known: {known})")
+            continue
+        field_type = hints[key]
+        if typing.get_origin(field_type) is typing.Union:  # Optional[X]
+            field_type = next(a for a in typing.get_args(field_type) if a is not type(None))
+        if dataclasses.is_dataclass(field_type) and isinstance(value, Mapping):
+            unknown += _unknown_keys(value, field_type, f"{prefix}{key}.")
+    return unknown
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check a composed config's keys against :class:`TrainConfig`, raising :class:`ConfigError`.
+
+    Composition already types every key, but Hydra's ``+key=value`` appends with the struct flag
+    lifted, so ``+trainer.max_epoch=3`` would get through composition.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    unknown = _unknown_keys(plain, TrainConfig)
+    if unknown:
+        raise ConfigError("unknown configuration keys: " + "; ".join(unknown))
 
 
 _registered = False

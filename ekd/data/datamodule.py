@@ -215,7 +215,7 @@ class FaceDataModule(pl.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
-            # Seeds the workers' flip randomness reproducibly.
+            # Seeds the workers' torch RNG (user transforms) reproducibly; flips come from the sampler.
             generator=torch.Generator().manual_seed(self.seed),
         )
 

@@ -219,7 +219,7 @@ def _row_label(method: str, student_label: str, several_students: bool) -> str:
 
 
 def _columns(results: Sequence[Mapping[str, Any]], metric: str) -> list[Column]:
-    present: set[str] = set()
+    present: dict[str, None] = {}  # insertion-ordered set: other sets keep the order the runs list them
     ijb_present: set[str] = set()
     for result in results:
         for name in result["metrics"]:
@@ -227,9 +227,9 @@ def _columns(results: Sequence[Mapping[str, Any]], metric: str) -> list[Column]:
             if ijb:
                 ijb_present.add(ijb)
             else:
-                present.add(_normalise_set(name))
+                present.setdefault(_normalise_set(name), None)
     columns = [Column(key, metric, label, True) for key, label in PAPER_SETS.items() if key in present]
-    columns += [Column(key, metric, key, True) for key in sorted(present - set(PAPER_SETS))]
+    columns += [Column(key, metric, key, True) for key in present if key not in PAPER_SETS]
     columns += [Column(key, f"tpr@{fpr}", label, False) for key, fpr, label in IJB_COLUMNS if key in ijb_present]
     return columns
 

@@ -142,19 +142,20 @@ def _trainer(tmp_path, **kw) -> pl.Trainer:
 def test_lightning_resume_mid_epoch_sees_the_same_batches(synth_root, tmp_path):
     full_model = _Recorder()
     _trainer(tmp_path / "full", max_epochs=2, enable_checkpointing=False).fit(
-        full_model, datamodule=_dm(synth_root, batch_size=4, flip=False)
+        full_model, datamodule=_dm(synth_root, batch_size=4, flip=True)
     )
     assert len(full_model.seen) == 2 * 6
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), every_n_train_steps=2, save_top_k=-1)
     first = _Recorder()
     _trainer(tmp_path / "a", max_steps=8, callbacks=[ckpt]).fit(
-        first, datamodule=_dm(synth_root, batch_size=4, flip=False)
+        first, datamodule=_dm(synth_root, batch_size=4, flip=True)
     )
     resumed = _Recorder()
     _trainer(tmp_path / "b", max_epochs=2, enable_checkpointing=False).fit(
         resumed,
-        datamodule=_dm(synth_root, batch_size=4, flip=False),
+        datamodule=_dm(synth_root, batch_size=4, flip=True),
         ckpt_path=str(tmp_path / "ck" / "epoch=1-step=8.ckpt"),
     )
-    # Step 8 is the 2nd batch of epoch 1: the resumed run must yield exactly batches 3..6 of that epoch.
+    # Step 8 is the 2nd batch of epoch 1: the resumed run must yield exactly batches 3..6 of that epoch,
+    # with the same flips (the image sums are recorded too).
     assert resumed.seen == full_model.seen[8:]

@@ -215,3 +215,13 @@ def test_index_flip_pairs_and_return_index(insightface_root):
     assert dataset[(2, False)][3] is False
     with pytest.raises(DataError, match=r"sample key \(1, 2, 3\)"):
         dataset[(1, 2, 3)]
+
+
+def test_dataloader_workers_read_through_their_own_handles(insightface_root):
+    root, _ = insightface_root
+    dataset = FaceRecordDataset(root, flip=False)
+    dataset[0]  # the parent opens its handle before the workers fork
+    serial = [b for b in torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=0)]
+    parallel = [b for b in torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2)]
+    for (xs, ys), (xp, yp) in zip(serial, parallel):
+        assert torch.equal(xs, xp) and torch.equal(ys, yp)

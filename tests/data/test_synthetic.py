@@ -110,7 +110,7 @@ def test_write_synthetic_real_formats(tmp_path):
         images, issame = load_bin(tmp_path / f"synth_{kind}.bin")
         assert images.shape == (12, 3, 112, 112) and int(issame.sum()) == 3
     meta = json.loads((tmp_path / "synthetic.json").read_text())
-    assert meta["identities"] == 4 and meta["seed"] == 5 and meta["generator_version"] == 1
+    assert meta["identities"] == 4 and meta["seed"] == 5 and meta["generator_version"] == 2
 
 
 def test_held_out_identities_differ_from_training_ones():
@@ -131,3 +131,14 @@ def test_held_out_identities_differ_from_training_ones():
 def test_config_validation(kwargs, message):
     with pytest.raises(DataError, match=message):
         SyntheticConfig(**kwargs).validate()
+
+
+def test_negative_pairs_are_look_alikes():
+    from ekd.data.synthetic import similar_identities
+
+    pool = [sample_identity(np.random.default_rng(i)) for i in range(5)]
+    for i, (skin, hair) in enumerate([(0, 0), (10, 0), (200, 200), (0, 12), (205, 190)]):
+        pool[i]["skin"], pool[i]["hair"] = np.full(3, float(skin)), np.full(3, float(hair))
+    # fraction 0.4 of 5 -> 2 neighbours each, by squared colour distance (by hand).
+    neighbours = similar_identities(pool, fraction=0.4)
+    assert neighbours.tolist() == [[1, 3], [0, 3], [4, 3], [0, 1], [2, 3]]

@@ -283,9 +283,25 @@ def test_augmentation_and_stage_objectives_keep_the_online_teacher(setup):
 
 
 def test_cli_build_info_and_errors(setup, tmp_path, capsys):
-    args = ["build", "--teacher", TEACHER, "--teacher-kwargs", json.dumps(TEACHER_KW), "--checkpoint",
-            str(setup["checkpoint"]), "--data", str(setup["data"]), "--output", str(tmp_path / "c"),
-            "--num-workers", "0", "--batch-size", "5", "--device", "cpu"]  # fmt: skip
+    args = [
+        "build",
+        "--teacher",
+        TEACHER,
+        "--teacher-kwargs",
+        json.dumps(TEACHER_KW),
+        "--checkpoint",
+        str(setup["checkpoint"]),
+        "--data",
+        str(setup["data"]),
+        "--output",
+        str(tmp_path / "c"),
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "5",
+        "--device",
+        "cpu",
+    ]
     assert cache_main(args) == 0
     assert f"of {len(LABELS)} images" in capsys.readouterr().out
     built, reference = TeacherEmbeddingCache(tmp_path / "c"), TeacherEmbeddingCache(setup["cache"])
@@ -324,11 +340,19 @@ def _module(setup, objectives, **kwargs):
     from ekd.lit.distillation import DistillationModule
 
     options = dict(
-        backbone=TEACHER, num_classes=4, teacher=TEACHER, teacher_checkpoint=str(setup["checkpoint"]),
-        teacher_kwargs=TEACHER_KW, objectives=objectives, backbone_kwargs={"base_width": 8}, embedding_size=16,
-        head_kwargs={"s": 16.0, "m": 0.3}, optim={"lr": 0.01}, schedule={"name": "constant"},
+        backbone=TEACHER,
+        num_classes=4,
+        teacher=TEACHER,
+        teacher_checkpoint=str(setup["checkpoint"]),
+        teacher_kwargs=TEACHER_KW,
+        objectives=objectives,
+        backbone_kwargs={"base_width": 8},
+        embedding_size=16,
+        head_kwargs={"s": 16.0, "m": 0.3},
+        optim={"lr": 0.01},
+        schedule={"name": "constant"},
         teacher_cache=str(setup["cache"]),
-    )  # fmt: skip
+    )
     options.update(kwargs)
     return DistillationModule(**options)
 
@@ -338,10 +362,26 @@ def _fit(module, root, steps=2):
 
     from ekd.data.datamodule import FaceDataModule
 
-    data = FaceDataModule(source="rec", root=str(root), sampler="ekd", general=4, identities=2, images_per_identity=2,
-                          flip=True, num_workers=0, val_sets=[])  # fmt: skip
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)  # fmt: skip
+    data = FaceDataModule(
+        source="rec",
+        root=str(root),
+        sampler="ekd",
+        general=4,
+        identities=2,
+        images_per_identity=2,
+        flip=True,
+        num_workers=0,
+        val_sets=[],
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=data)
     return data
 
@@ -358,7 +398,7 @@ def test_distillation_reads_the_cache_instead_of_running_the_teacher(setup):
     dataset = FaceRecordDataset(setup["data"], flip=False)
     plain, mirrored = _online(setup["teacher"], dataset)
     sampler = data.build_sampler()
-    for (student, teacher, labels), batch in zip(captured.calls, sampler):
+    for (_student, teacher, labels), batch in zip(captured.calls, sampler):
         indices = torch.tensor([i for i, _ in batch])
         flips = torch.tensor([f for _, f in batch])
         torch.testing.assert_close(labels, torch.as_tensor(dataset.labels[indices]))
@@ -374,8 +414,9 @@ def test_distillation_reads_the_cache_instead_of_running_the_teacher(setup):
     )
     labels = torch.as_tensor(np.concatenate([dataset.labels, dataset.labels]))
     means = torch.stack([unit[labels == c].mean(0) for c in range(4)])
-    torch.testing.assert_close(module.teacher_class_centres.double(), torch.nn.functional.normalize(means, dim=1),
-                               rtol=0, atol=2e-3)  # fmt: skip
+    torch.testing.assert_close(
+        module.teacher_class_centres.double(), torch.nn.functional.normalize(means, dim=1), rtol=0, atol=2e-3
+    )
 
 
 def test_stage_objectives_and_augmentation_keep_the_online_teacher(setup, caplog):
@@ -388,8 +429,14 @@ def test_stage_objectives_and_augmentation_keep_the_online_teacher(setup, caplog
     import pytorch_lightning as pl
 
     # a plain loader (no datamodule): nothing tells the module which image each row is
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     images = torch.rand(4, 3, 112, 112) * 2 - 1
     trainer.fit(
         module,

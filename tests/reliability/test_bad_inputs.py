@@ -68,7 +68,9 @@ def test_corrupt_record_frame_names_key_and_offset(records, tmp_path):
     with open(root / "train.rec", "r+b") as handle:
         handle.seek(offset)
         handle.write(b"\0\0\0\0")
-    with pytest.raises(RecordIOError, match=rf"train.rec \(key 2, record at byte offset {offset}\): wrong magic"):
+    with pytest.raises(
+        RecordIOError, match=rf"train.rec \(key 2, record at byte offset {offset}\): wrong magic"
+    ):
         _read_all(root)
 
 
@@ -86,7 +88,9 @@ def test_truncated_or_garbage_idx_names_the_line(records, tmp_path):
     lines = (root / "train.idx").read_text().splitlines()
     cut = len(lines) // 2
     (root / "train.idx").write_text("\n".join(lines[:cut] + [lines[cut].split("\t")[0]]))  # cut inside a line
-    with pytest.raises(RecordIOError, match=rf"train.idx: line {cut + 1} is '{cut}', expected 'key<TAB>offset'"):
+    with pytest.raises(
+        RecordIOError, match=rf"train.idx: line {cut + 1} is '{cut}', expected 'key<TAB>offset'"
+    ):
         _read_all(root)
     (root / "train.idx").write_text("\n".join(lines[:cut]) + "\n")  # cut at a line end: keys are missing
     with pytest.raises(RecordIOError, match=r"train.idx: no record with key \d+"):
@@ -101,7 +105,9 @@ def test_missing_rec_and_bad_property(records, tmp_path):
         FaceRecordDataset(tmp_path)
     root = _copy(records, tmp_path)
     (root / "property").write_text("three,112,112")
-    with pytest.raises(DataError, match=r"property: content 'three,112,112' is not 'num_classes,height,width'"):
+    with pytest.raises(
+        DataError, match=r"property: content 'three,112,112' is not 'num_classes,height,width'"
+    ):
         FaceRecordDataset(root)
 
 
@@ -114,7 +120,9 @@ def test_num_classes_smaller_than_the_labels(records, tmp_path):
     module = RecognitionModule(**module_options(num_classes=2))
     images, labels = torch.rand(4, 3, 112, 112) * 2 - 1, torch.tensor([0, 1, 2, 2])
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=4)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\] \(number of classes 2\), got \[0, 2\]"):
+    with pytest.raises(
+        ValueError, match=r"labels must lie in \[0, 1\] \(number of classes 2\), got \[0, 2\]"
+    ):
         trainer(max_steps=1).fit(module, loader)
 
 
@@ -169,17 +177,26 @@ def test_unknown_objective_backbone_and_head_names_list_the_known_ones(tmp_path)
 
 
 def test_stage_objective_with_a_backbone_without_stages():
-    fitnet = create_objective("fitnet", student_shapes={"stage4": (8, 7, 7)}, teacher_shapes={"stage4": (8, 7, 7)})
+    fitnet = create_objective(
+        "fitnet", student_shapes={"stage4": (8, 7, 7)}, teacher_shapes={"stage4": (8, 7, 7)}
+    )
     without_stages = Features(embedding=torch.zeros(0, 16), stages={})
     with pytest.raises(ValueError) as err:
         fitnet.check_features(without_stages, "student")
     message = str(err.value)
-    assert "'fitnet'" in message and "stages.stage4" in message and "student" in message and "stages=[]" in message
+    assert (
+        "'fitnet'" in message
+        and "stages.stage4" in message
+        and "student" in message
+        and "stages=[]" in message
+    )
 
 
 def test_wrong_input_size_names_the_expected_shape():
     model = create_backbone("iresnet18", base_width=8, embedding_size=16)
-    with pytest.raises(ValueError, match=r"expects input of shape N x 3 x 112 x 112 .* got \(1, 3, 128, 128\)"):
+    with pytest.raises(
+        ValueError, match=r"expects input of shape N x 3 x 112 x 112 .* got \(1, 3, 128, 128\)"
+    ):
         model(torch.zeros(1, 3, 128, 128))
     mobile = create_backbone("mobilefacenet")
     with pytest.raises(ValueError, match=r"112 x 112"):

@@ -11,8 +11,19 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 def test_gpu_bench_quick_on_cpu(tmp_path):
     markdown = tmp_path / "gpu.md"
-    command = [sys.executable, str(BENCH / "gpu_bench.py"), "--quick", "--device", "cpu", "--students",
-               "mobilefacenet", "--precision", "32", "--markdown", str(markdown)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(BENCH / "gpu_bench.py"),
+        "--quick",
+        "--device",
+        "cpu",
+        "--students",
+        "mobilefacenet",
+        "--precision",
+        "32",
+        "--markdown",
+        str(markdown),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "device: CPU" in result.stdout

@@ -29,13 +29,17 @@ class PoisonBatch(pl.Callback):
 def _fit(tmp_path, nonfinite: str):
     pl.seed_everything(0, verbose=False)
     data_root = write_records(tmp_path / "data", LABELS)
-    module = DistillationModule(**module_options(
-        teacher_file(tmp_path / "teacher.pth"), objectives={"mimic": {"weight": 1.0}}, nonfinite=nonfinite
-    ))  # fmt: skip
-    data = FaceDataModule(source="rec", root=str(data_root), sampler="random", batch_size=4, num_workers=0,
-                          val_sets=[])  # fmt: skip
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=1,
-                                               save_top_k=-1)  # fmt: skip
+    module = DistillationModule(
+        **module_options(
+            teacher_file(tmp_path / "teacher.pth"), objectives={"mimic": {"weight": 1.0}}, nonfinite=nonfinite
+        )
+    )
+    data = FaceDataModule(
+        source="rec", root=str(data_root), sampler="random", batch_size=4, num_workers=0, val_sets=[]
+    )
+    checkpoints = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=1, save_top_k=-1
+    )
     fit = trainer(max_steps=5, callbacks=[PoisonBatch(), checkpoints], enable_checkpointing=True)
     return module, fit, data
 

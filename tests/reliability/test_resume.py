@@ -48,19 +48,34 @@ class Record(pl.Callback):
 
 
 def _data(root: Path) -> FaceDataModule:
-    return FaceDataModule(source="rec", root=str(root), sampler="ekd", general=4, identities=2,
-                          images_per_identity=2, flip=True, num_workers=0, val_sets=[], seed=7)  # fmt: skip
+    return FaceDataModule(
+        source="rec",
+        root=str(root),
+        sampler="ekd",
+        general=4,
+        identities=2,
+        images_per_identity=2,
+        flip=True,
+        num_workers=0,
+        val_sets=[],
+        seed=7,
+    )
 
 
-def _run(make_module, root: Path, ckpt_dir: Path | None = None, kill: bool = False, resume: Path | None = None):
+def _run(
+    make_module, root: Path, ckpt_dir: Path | None = None, kill: bool = False, resume: Path | None = None
+):
     pl.seed_everything(0, verbose=False)
     module = make_module()
     record = Record()
     callbacks: list[pl.Callback] = [record]
     options = {}
     if ckpt_dir is not None:
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1,
-                                                      save_top_k=-1))  # fmt: skip
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1, save_top_k=-1
+            )
+        )
         options["enable_checkpointing"] = True
     if kill:
         callbacks.append(Kill())
@@ -82,8 +97,9 @@ def _assert_same_end(straight, resumed) -> None:
     # optimizer momentum buffers
     opt_a, opt_b = fit_a.optimizers[0].state_dict(), fit_b.optimizers[0].state_dict()
     for index, values in opt_a["state"].items():
-        torch.testing.assert_close(opt_b["state"][index]["momentum_buffer"], values["momentum_buffer"],
-                                   rtol=0, atol=1e-6)  # fmt: skip
+        torch.testing.assert_close(
+            opt_b["state"][index]["momentum_buffer"], values["momentum_buffer"], rtol=0, atol=1e-6
+        )
     # the steps after the resume saw the same batches and logged the same losses
     assert record_b.batches == record_a.batches[STOP_AFTER:]
     assert record_b.losses == pytest.approx(record_a.losses[STOP_AFTER:], rel=0, abs=1e-6)
@@ -97,9 +113,11 @@ def files(tmp_path_factory):
 
 def test_distillation_with_ekd_resumes_exactly(files, tmp_path):
     def make():
-        return DistillationModule(**module_options(
-            files["teacher"], objectives={"ekd": {"weight": 1.0}}, recognition_rows=4, batch_layout=[4, 4]
-        ))  # fmt: skip
+        return DistillationModule(
+            **module_options(
+                files["teacher"], objectives={"ekd": {"weight": 1.0}}, recognition_rows=4, batch_layout=[4, 4]
+            )
+        )
 
     straight = _run(make, files["data"])
     killed = _run(make, files["data"], ckpt_dir=tmp_path, kill=True)
