@@ -47,7 +47,6 @@ QUICK_OVERRIDES: tuple[str, ...] = (
     "schedule.warmup_epochs=0",
     "schedule.milestones=[100]",
     "trainer.max_steps=2",
-    "callbacks.verification.enabled=false",
     "benchmark.batch_size=2",
     "benchmark.iterations=1",
     "benchmark.warmup=0",
@@ -112,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         f"seed={args.seed}",
         "logger=" + ("wandb" if args.wandb else "csv"),
         "callbacks.progress_bar=tqdm",
+        # the final evaluation of every run makes the in-training verification redundant here
+        "callbacks.verification.enabled=false",
         *(QUICK_OVERRIDES if args.quick else ()),
         *args.overrides,
     ]

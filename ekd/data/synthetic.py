@@ -43,7 +43,7 @@ from ekd.data.datasets import write_face_records
 from ekd.data.errors import DataError
 from ekd.data.images import IMAGE_SIZE, encode_jpeg
 
-GENERATOR_VERSION = 2  # bumped whenever the output for given arguments changes
+GENERATOR_VERSION = 3  # bumped whenever the output for given arguments changes
 VERIFICATION_SETS = ("frontal", "pose", "age")
 _TRAIN_SPLIT, _HELDOUT_SPLIT, _PAIR_SPLIT = 0, 1, 2
 
@@ -489,7 +489,7 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
                 profile = "profile" if j else "frontal"
                 nuis = sample_nuisance(rng, profile, config.difficulty, base_age=base_age, strong_yaw=j == 1)
             else:  # age: a young and an old rendering, whatever the identity's base age
-                age = rng.uniform(0.0, 0.15) if j == 0 else rng.uniform(0.8, 1.0)
+                age = rng.uniform(0.0, 0.15) if j == 0 else rng.uniform(0.65, 0.9)
                 nuis = sample_nuisance(rng, "frontal", config.difficulty, age=age)
             if ident not in canvases:
                 canvases[ident] = _IdentityCanvas(pool[ident])

@@ -110,7 +110,7 @@ def test_write_synthetic_real_formats(tmp_path):
         images, issame = load_bin(tmp_path / f"synth_{kind}.bin")
         assert images.shape == (12, 3, 112, 112) and int(issame.sum()) == 3
     meta = json.loads((tmp_path / "synthetic.json").read_text())
-    assert meta["identities"] == 4 and meta["seed"] == 5 and meta["generator_version"] == 2
+    assert meta["identities"] == 4 and meta["seed"] == 5 and meta["generator_version"] == 3
 
 
 def test_held_out_identities_differ_from_training_ones():

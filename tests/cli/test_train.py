@@ -1,0 +1,195 @@
+"""ekd-train end to end on a tiny synthetic benchmark: results.json, checkpoints, refusal to overwrite,
+distillation from a trained teacher, config errors, a multirun through the real CLI, W&B offline and
+2-process DDP (ddp_spawn on CPU)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from ekd.cli.train import ConfigError, run
+from ekd.config import CONF_DIR
+from ekd.report import FinishedRunError, load_results
+
+TINY_DATA = [
+    "data.synthetic.identities=8",
+    "data.synthetic.images_per_identity=4",
+    "data.synthetic.pairs=20",
+    "data.synthetic.heldout_identities=4",
+    "data.sampler=random",
+    "data.batch_size=8",
+]
+TINY_RUN = [
+    "optim.lr=0.01",
+    "trainer.max_steps=2",
+    "logger=none",
+    "callbacks.progress_bar=none",
+    "callbacks.verification.enabled=false",
+    "benchmark.batch_size=2",
+    "benchmark.iterations=1",
+    "benchmark.warmup=0",
+    "eval.batch_size=40",
+    "eval.roc_points=10",
+]
+
+
+STUDENT = ["student.kwargs.width_mult=0.25", "student.embedding_size=32"]  # quarter-width MobileFaceNet
+TEACHER_NET = ["student=tiny_teacher", "student.embedding_size=32"]  # iresnet18 at 1/8 width
+
+
+def _teacher(checkpoint: Path) -> list[str]:
+    return ["teacher=tiny", "teacher.embedding_size=32", f"teacher.checkpoint={checkpoint}"]
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def _tiny(data_root: Path, *extra: str):
+    return _compose(f"data.root={data_root}", *TINY_DATA, *TINY_RUN, *extra)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(data_root, tmp_path_factory) -> tuple[Path, dict]:
+    """A no-KD run whose checkpoint then serves as a teacher."""
+    out = tmp_path_factory.mktemp("teacher")
+    results = run(_tiny(data_root, *TEACHER_NET, "seed=3"), out, experiment="tiny")
+    return out, results
+
+
+def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
+    out, results = teacher_run
+    on_disk = load_results(out)
+    assert on_disk["method"] == "none" and on_disk["seed"] == 3 and on_disk["experiment"] == "tiny"
+    assert on_disk["student"] == "iresnet18" and on_disk["teacher"] is None
+    assert set(on_disk["metrics"]) == {"synth_frontal", "synth_pose", "synth_age"}
+    for values in on_disk["metrics"].values():
+        assert 0.0 <= values["accuracy"] <= 1.0 and values["num_pairs"] == 20
+    assert on_disk["global_step"] == 2
+    assert len(on_disk["roc"]["synth_pose"]["fpr"]) <= 10
+    assert on_disk["throughput"]["images_per_s"] > 0 and on_disk["wall_time_s"] > 0
+    # parameters of a freshly built student, counted here independently
+    from ekd.models import create_backbone
+
+    fresh = create_backbone("iresnet18", embedding_size=32, base_width=8)
+    assert on_disk["params"] == sum(p.numel() for p in fresh.parameters())
+    assert on_disk["macs"] > 0
+    # the exported backbone loads into that network; the Lightning checkpoint exists
+    fresh.load_state_dict(torch.load(out / "backbone.pth", weights_only=True))
+    assert Path(on_disk["checkpoint"]) == out / "checkpoints" / "last.ckpt"
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    resolved = (out / "config.yaml").read_text()
+    assert "${" not in resolved and "recognition_rows: null" in resolved
+    assert results["mean_accuracy"] == pytest.approx(
+        sum(v["accuracy"] for v in on_disk["metrics"].values()) / 3
+    )
+
+
+def test_a_finished_run_directory_is_never_overwritten(teacher_run, data_root):
+    out, _ = teacher_run
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(FinishedRunError, match="holds a finished run"):
+        run(_tiny(data_root), out)
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_distillation_run_records_the_teacher(teacher_run, data_root, tmp_path):
+    teacher_dir, _ = teacher_run
+    checkpoint = teacher_dir / "checkpoints" / "last.ckpt"
+    results = run(_tiny(data_root, *STUDENT, "distill=mimic", *_teacher(checkpoint)), tmp_path)
+    assert results["method"] == "mimic" and results["teacher"] == "iresnet18"
+    assert results["student"] == "mobilefacenet"
+    assert results["teacher_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert results["objectives"] == {"mimic": {"weight": 1.0}}
+
+
+def test_config_errors_name_the_key(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"teacher\.checkpoint is not set"):
+        run(_tiny(data_root, *STUDENT, "distill=kd", "teacher=iresnet50"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="no teacher is configured"):
+        run(_tiny(data_root, "distill=kd"), tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"data\.root is not set: data=ms1mv2"):
+        run(_compose("data=ms1mv2"), tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"trainer\.max_epoch \(not a key of TrainerConfig"):
+        run(_tiny(data_root, "+trainer.max_epoch=3"), tmp_path / "d")
+    assert not (tmp_path / "a" / "results.json").exists()
+
+
+def _cli_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    env["EKD_DATA_DIR"] = str(tmp_path / "cache")
+    return env
+
+
+def test_multirun_through_the_cli_gives_one_results_dir_per_job(teacher_run, data_root, tmp_path):
+    teacher_dir, _ = teacher_run
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "ekd.cli.train",
+        "-m",
+        f"data.root={data_root}",
+        *TINY_DATA,
+        *TINY_RUN,
+        *STUDENT,
+        "trainer.fast_dev_run=true",
+        "distill=none,shrinkteanet",
+        *_teacher(teacher_dir / "backbone.pth"),
+        f"hydra.sweep.dir={sweep}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=_cli_env(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = sorted(sweep.glob("*/results.json"))
+    assert [p.parent.name for p in results] == ["0", "1"]
+    methods = [json.loads(p.read_text())["method"] for p in results]
+    assert methods == ["none", "shrinkteanet"]
+    assert all(json.loads(p.read_text())["sweep"] == "sweep" for p in results)
+
+
+def test_cli_reports_a_typo_and_fails(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "ekd.cli.train", "trainer.max_epoch=3", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(tmp_path),
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "Could not override 'trainer.max_epoch'" in done.stderr
+    assert "Key 'max_epoch' is not in struct" in done.stderr
+
+
+def test_wandb_offline_run_directory_is_created_and_syncable(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = run(_tiny(data_root, *STUDENT, "logger=wandb", "trainer.max_steps=1"), tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(tmp_path.rglob("*"))[:20]
+    wandb_files = list(runs[0].glob("run-*.wandb"))
+    assert len(wandb_files) == 1 and wandb_files[0].stat().st_size > 0  # what `wandb sync` uploads
+    assert results["method"] == "none"
+    import wandb
+
+    assert wandb.run is None  # finished, so the next job of a multirun starts its own run
+
+
+@pytest.mark.ddp
+def test_ddp_spawn_on_two_cpu_processes(data_root, tmp_path):
+    results = run(_tiny(data_root, *STUDENT, "trainer=ddp_spawn_cpu", "trainer.max_steps=2"), tmp_path)
+    assert results["global_step"] == 2
+    assert load_results(tmp_path)["metrics"].keys() == {"synth_frontal", "synth_pose", "synth_age"}
