@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stage(1, "teacher (synthetic/teacher)")
     teacher_dir = out / "teacher"
-    teacher = run(compose_run_config("synthetic/teacher", common), teacher_dir, experiment="synthetic/teacher",
-                  sweep=out.name)  # fmt: skip
+    teacher_cfg = compose_run_config("synthetic/teacher", common)
+    teacher = run(teacher_cfg, teacher_dir, experiment="synthetic/teacher", sweep=out.name)
     checkpoint = teacher.get("checkpoint") or teacher["backbone_file"]
     for index, method in enumerate(methods, start=2):
         experiment = f"synthetic/{args.student}/{method}"

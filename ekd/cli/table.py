@@ -23,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ekd-table", description="Aggregate results.json files into the methods x benchmarks table."
     )
-    parser.add_argument("paths", nargs="+", help="sweep / run directories (searched recursively) or results files")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the first path given)")
+    parser.add_argument(
+        "paths", nargs="+", help="sweep / run directories (searched recursively) or results files"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: the first path given)"
+    )
     parser.add_argument("--stem", default="comparison", help="file name stem of the outputs")
     parser.add_argument(
         "--metric", default="accuracy", help="accuracy (default), tpr@<fpr> e.g. tpr@1e-4, auc or eer"

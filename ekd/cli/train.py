@@ -2,7 +2,7 @@
 
     ekd-train experiment=synthetic/mobilefacenet/ekd
     ekd-train experiment=ms1mv2/mobilefacenet/ekd data.root=/data/ms1mv2 teacher.checkpoint=/t/last.ckpt
-    ekd-train -m experiment=synthetic/mobilefacenet/none distill=kd,rkd,ekd +teacher=tiny seed=0,1,2
+    ekd-train -m experiment=synthetic/mobilefacenet/kd distill=kd,rkd,ekd teacher.checkpoint=T seed=0,1,2
     ekd-train --cfg job experiment=...        # print the composed config and stop
 
 The config is ``conf/train.yaml`` typed by :class:`ekd.config.TrainConfig`; experiments live in the
@@ -80,7 +80,9 @@ def check_config(cfg: DictConfig) -> None:
         missing = [key for key in missing if not key.startswith("teacher.")]
     if missing:
         hints = ", ".join(f"{key}=..." for key in missing)
-        raise ConfigError(f"missing mandatory values: {', '.join(missing)}; give them on the command line ({hints})")
+        raise ConfigError(
+            f"missing mandatory values: {', '.join(missing)}; give them on the command line ({hints})"
+        )
     if uses_teacher(cfg) and cfg.teacher is None:
         raise ConfigError(
             f"distill={cfg.distill.method} has objectives {sorted(cfg.distill.objectives)} but no teacher is "
@@ -107,7 +109,11 @@ def git_commit(root: Path = REPO_ROOT) -> str | None:
     """``git rev-parse HEAD`` of the source tree (``+dirty`` with local changes), None outside git."""
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -182,7 +188,7 @@ def module_kwargs(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
 
 
 def layout_rows(layout: Mapping[str, int] | list[int] | None) -> list[int] | None:
-    """Row counts of the batch parts, in batch order (the datamodule gives ``{"general": G, "balanced": B}``)."""
+    """Row counts of the batch parts in batch order (the datamodule gives {"general": G, "balanced": B})."""
     if layout is None:
         return None
     if isinstance(layout, Mapping):
@@ -190,7 +196,9 @@ def layout_rows(layout: Mapping[str, int] | list[int] | None) -> list[int] | Non
     return [int(n) for n in layout]
 
 
-def build_module(cfg: DictConfig, num_classes: int, batch_layout: Mapping[str, int] | list[int] | None = None) -> Any:
+def build_module(
+    cfg: DictConfig, num_classes: int, batch_layout: Mapping[str, int] | list[int] | None = None
+) -> Any:
     """RecognitionModule without distillation objectives, DistillationModule with them."""
     kwargs = module_kwargs(cfg, num_classes)
     if not uses_teacher(cfg):
@@ -337,12 +345,28 @@ def evaluate_backbone(
         if not bool(embedded.embeddings.isfinite().all()):
             # a diverged network: recorded (and reported by ekd-table as a missing cell), not fatal, so
             # that the other jobs of a sweep still get their results
-            warnings.warn(f"verification set {name}: the backbone produces non-finite embeddings", stacklevel=2)
+            warnings.warn(
+                f"verification set {name}: the backbone produces non-finite embeddings", stacklevel=2
+            )
             metrics[name] = {"accuracy": None, "error": "non-finite embeddings"}
             continue
         result = verify(embedded.embeddings, issame, xnorm=embedded.xnorm)
         metrics[name] = result.to_dict()
         rocs[name] = downsample_roc(result.roc_fpr, result.roc_tpr, roc_points)
+    return metrics, rocs
+
+
+def evaluate_ijb_sets(backbone: Any, cfg: DictConfig) -> tuple[dict[str, dict], dict[str, dict]]:
+    """IJB-B/C 1:1 template verification of ``backbone`` (``ekd.eval.ijb``) on ``cfg.eval.ijb_sets``."""
+    from ekd.eval.ijb import evaluate_ijb
+    from ekd.report import downsample_roc
+
+    metrics: dict[str, dict] = {}
+    rocs: dict[str, dict] = {}
+    for name in cfg.eval.ijb_sets:
+        result = evaluate_ijb(backbone, cfg.eval.ijb_root, name=str(name), batch_size=cfg.eval.batch_size)
+        metrics[str(name).lower()] = result.to_dict()
+        rocs[str(name).lower()] = downsample_roc(result.roc_fpr, result.roc_tpr, cfg.eval.roc_points)
     return metrics, rocs
 
 
@@ -390,7 +414,9 @@ def _select_sets(available: Mapping[str, Any], wanted: list[str] | None, key: st
         return dict(available)
     unknown = [name for name in wanted if name not in available]
     if unknown:
-        raise ConfigError(f"{key}: unknown verification sets {unknown}; the data provides {sorted(available)}")
+        raise ConfigError(
+            f"{key}: unknown verification sets {unknown}; the data provides {sorted(available)}"
+        )
     return {name: available[name] for name in wanted}
 
 
@@ -419,7 +445,16 @@ def _wandb_summary(metrics: Mapping[str, dict], results: Mapping[str, Any]) -> N
             if tpr is not None:
                 run.summary[f"final/{name}/tpr@fpr={fpr}"] = tpr
         tprs = [(values.get("tpr_at_fpr") or {}).get(fpr) for fpr in fprs]
-        rows.append([results["method"], results["student"], name, values.get("accuracy"), values.get("accuracy_std"), *tprs])
+        rows.append(
+            [
+                results["method"],
+                results["student"],
+                name,
+                values.get("accuracy"),
+                values.get("accuracy_std"),
+                *tprs,
+            ]
+        )
     run.summary["final/mean_acc"] = results.get("mean_accuracy")
     run.summary["params"] = results.get("params")
     run.summary["macs"] = results.get("macs")
@@ -476,7 +511,9 @@ def run(
     verification = next((c for c in callbacks if type(c).__name__ == "VerificationCallback"), None)
     if verification is not None and cfg.callbacks.verification.sets is not None:
         verification.sets = _select_sets(
-            datamodule.verification_sets(), list(cfg.callbacks.verification.sets), "callbacks.verification.sets"
+            datamodule.verification_sets(),
+            list(cfg.callbacks.verification.sets),
+            "callbacks.verification.sets",
         )
     trainer = build_trainer(cfg, output_dir, loggers, callbacks)
     try:
@@ -493,16 +530,25 @@ def run(
         rocs: dict[str, dict] = {}
         if cfg.eval.enabled:
             sets = _select_sets(
-                datamodule.verification_sets(), None if cfg.eval.sets is None else list(cfg.eval.sets), "eval.sets"
+                datamodule.verification_sets(),
+                None if cfg.eval.sets is None else list(cfg.eval.sets),
+                "eval.sets",
             )
             metrics, rocs = evaluate_backbone(backbone, sets, cfg.eval.batch_size, cfg.eval.roc_points)
+            if cfg.eval.ijb_root:
+                metrics_ijb, rocs_ijb = evaluate_ijb_sets(backbone, cfg)
+                metrics.update(metrics_ijb)
+                rocs.update(rocs_ijb)
+        # the mean over the pair-verification sets (IJB entries have no accuracy)
         accuracies = [m["accuracy"] for m in metrics.values() if m.get("accuracy") is not None]
         throughput = None
         if cfg.benchmark.enabled:
             throughput = measure_throughput(
                 backbone, cfg.benchmark.batch_size, cfg.benchmark.warmup, cfg.benchmark.iterations
             )
-        torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, output_dir / BACKBONE_FILE)
+        torch.save(
+            {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, output_dir / BACKBONE_FILE
+        )
 
         last_checkpoint = output_dir / "checkpoints" / "last.ckpt"
         results: dict[str, Any] = {
@@ -523,8 +569,7 @@ def run(
             "params": count_parameters(backbone),
             "macs": count_macs(backbone),
             "throughput": throughput,
-            "global_step": int(trainer.global_step),
-            "epochs": int(trainer.current_epoch),
+            **_progress(trainer, last_checkpoint),
             "fit_time_s": fit_seconds,
             "wall_time_s": time.time() - started,
             "git_commit": git_commit(),
@@ -541,6 +586,21 @@ def run(
         return results
     finally:
         _finish_wandb(loggers)
+
+
+def _progress(trainer: Any, checkpoint: Path) -> dict[str, int]:
+    """Optimizer steps and epochs of the fit. Under ddp_spawn the fit ran in child processes and the
+    main process's trainer still reads 0, so the counters come from the last checkpoint then."""
+    import torch
+
+    progress = {"global_step": int(trainer.global_step), "epochs": int(trainer.current_epoch)}
+    if progress["global_step"] == 0 and checkpoint.is_file():
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable checkpoint leaves the counters as the trainer has them
+            return progress
+        progress = {"global_step": int(state.get("global_step", 0)), "epochs": int(state.get("epoch", 0))}
+    return progress
 
 
 def objective_value(results: Mapping[str, Any]) -> float | None:

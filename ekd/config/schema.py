@@ -202,6 +202,9 @@ class EvalConfig:
     sets: Optional[list[str]] = None  # None: the datamodule's verification sets
     batch_size: int = 128
     roc_points: int = 200  # points of each ROC curve stored in results.json (for the notebooks)
+    # IJB-B/C 1:1 verification (ekd.eval.ijb) when set: the folder holding IJBB/ and IJBC/
+    ijb_root: Optional[str] = None
+    ijb_sets: list[str] = field(default_factory=lambda: ["IJBB", "IJBC"])
 
 
 @dataclass

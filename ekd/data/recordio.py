@@ -123,12 +123,11 @@ def encode_record(payload: bytes) -> bytes:
     return b"".join(out)
 
 
-def decode_record(buf: bytes | memoryview, offset: int, where: str) -> tuple[bytes, int]:
+def decode_record(buf: bytes | memoryview, offset: int, where: str, base: int = 0) -> tuple[bytes, int]:
     """Decode the record whose first part starts at ``offset`` of ``buf``.
 
     Returns the reassembled payload and the offset just past the record. ``where`` names the file in
-    errors; byte offsets in messages are relative to ``buf``'s start plus nothing else, so callers
-    pass the whole file or add their base offset to ``where``.
+    errors; ``base`` is the file offset of ``buf[0]`` so that messages give file byte offsets.
     """
     parts: list[bytes] = []
     pos = offset
@@ -137,30 +136,30 @@ def decode_record(buf: bytes | memoryview, offset: int, where: str) -> tuple[byt
     while True:
         if pos + 8 > total:
             raise RecordIOError(
-                f"{where}: truncated record at byte offset {pos}: need an 8-byte frame header, "
+                f"{where}: truncated record at byte offset {base + pos}: need an 8-byte frame header, "
                 f"{total - pos} bytes left"
             )
         magic, lrec = _FRAME.unpack_from(buf, pos)
         if magic != MAGIC:
             raise RecordIOError(
-                f"{where}: wrong magic 0x{magic:08X} at byte offset {pos} (expected 0x{MAGIC:08X}); "
+                f"{where}: wrong magic 0x{magic:08X} at byte offset {base + pos} (expected 0x{MAGIC:08X}); "
                 "the file is not MXNet RecordIO or the .idx offset is wrong"
             )
         cflag, length = lrec >> 29, lrec & _LENGTH_MASK
         if expect_continuation and cflag not in (2, 3):
             raise RecordIOError(
-                f"{where}: record part at byte offset {pos} has cflag {cflag}, expected 2 or 3 "
+                f"{where}: record part at byte offset {base + pos} has cflag {cflag}, expected 2 or 3 "
                 "(continuation of a split record)"
             )
         if not expect_continuation and cflag not in (0, 1):
             raise RecordIOError(
-                f"{where}: record at byte offset {pos} starts with cflag {cflag}, expected 0 or 1 "
+                f"{where}: record at byte offset {base + pos} starts with cflag {cflag}, expected 0 or 1 "
                 "(the .idx offset may point into the middle of a split record)"
             )
         data_start = pos + 8
         if data_start + length > total:
             raise RecordIOError(
-                f"{where}: truncated record at byte offset {pos}: it declares {length} data bytes, "
+                f"{where}: truncated record at byte offset {base + pos}: it declares {length} data bytes, "
                 f"only {total - data_start} remain"
             )
         parts.append(bytes(buf[data_start : data_start + length]))
@@ -380,17 +379,11 @@ class RecordReader:
         row = self._row(key)
         offset = int(self._offsets[row])
         buf = self._pread(int(self._spans[row]), offset)
-        where = f"{self.rec_path} (key {key}, record at byte offset {offset})"
-        if len(buf) < 8:
-            raise RecordIOError(f"{where}: truncated record: only {len(buf)} bytes readable")
-        magic, lrec = _FRAME.unpack_from(buf, 0)
-        if magic == MAGIC and lrec >> 29 == 0 and 8 + (lrec & _LENGTH_MASK) <= len(buf):
-            return buf[8 : 8 + (lrec & _LENGTH_MASK)]  # fast path: a whole record
-        try:
-            payload, _ = decode_record(buf, 0, where)
-        except RecordIOError as err:
-            raise RecordIOError(f"{err} (byte offsets relative to {offset})") from None
-        return payload
+        if len(buf) >= 8:
+            magic, lrec = _FRAME.unpack_from(buf, 0)
+            if magic == MAGIC and lrec >> 29 == 0 and 8 + (lrec & _LENGTH_MASK) <= len(buf):
+                return buf[8 : 8 + (lrec & _LENGTH_MASK)]  # fast path: a whole record
+        return decode_record(buf, 0, f"{self.rec_path} (key {key})", base=offset)[0]
 
     def read_header(self, key: int) -> IRHeader:
         """The IRHeader of record ``key`` (reads only its first bytes for whole records)."""

@@ -81,7 +81,9 @@ def write_results(directory: str | os.PathLike, results: Mapping[str, Any]) -> P
     data = {"format": FORMAT, **results}
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
-        raise ResultsError(f"results for {directory} lack the keys {missing} (required: {list(REQUIRED_KEYS)})")
+        raise ResultsError(
+            f"results for {directory} lack the keys {missing} (required: {list(REQUIRED_KEYS)})"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / RESULTS_FILE

@@ -36,7 +36,13 @@ from typing import Any
 from ekd.report.results import ResultsError
 
 # Verification sets of the paper, in its column order: results key -> column label.
-PAPER_SETS: dict[str, str] = {"lfw": "LFW", "cfp_fp": "CFP-FP", "cplfw": "CPLFW", "agedb_30": "AgeDB", "calfw": "CALFW"}
+PAPER_SETS: dict[str, str] = {
+    "lfw": "LFW",
+    "cfp_fp": "CFP-FP",
+    "cplfw": "CPLFW",
+    "agedb_30": "AgeDB",
+    "calfw": "CALFW",
+}
 # IJB columns of the paper: (results key, FPR key, label).
 IJB_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ijbc", "1e-4", "IJB-C@1e-4"),
@@ -230,7 +236,9 @@ def _columns(results: Sequence[Mapping[str, Any]], metric: str) -> list[Column]:
                 present.setdefault(_normalise_set(name), None)
     columns = [Column(key, metric, label, True) for key, label in PAPER_SETS.items() if key in present]
     columns += [Column(key, metric, key, True) for key in present if key not in PAPER_SETS]
-    columns += [Column(key, f"tpr@{fpr}", label, False) for key, fpr, label in IJB_COLUMNS if key in ijb_present]
+    columns += [
+        Column(key, f"tpr@{fpr}", label, False) for key, fpr, label in IJB_COLUMNS if key in ijb_present
+    ]
     return columns
 
 
@@ -295,7 +303,9 @@ def _build_table(
             row.cells.setdefault(AVERAGE, Stat([])).values.append(math.fsum(run_values) / len(run_values))
     for row in rows.values():
         if AVERAGE in row.cells and row.cells[AVERAGE].n != row.n:
-            notes.append(f"{row.label}: {AVERAGE} uses the {row.cells[AVERAGE].n} of {row.n} runs with every set")
+            notes.append(
+                f"{row.label}: {AVERAGE} uses the {row.cells[AVERAGE].n} of {row.n} runs with every set"
+            )
         cells_n = {label: stat.n for label, stat in row.cells.items()}
         if any(n != row.n for n in cells_n.values()):
             notes.append(f"{row.label}: some sets are missing from some runs ({cells_n} of {row.n} runs)")
@@ -511,10 +521,11 @@ def plot_bars(tables: ComparisonTable | Sequence[ComparisonTable], path: str | P
 
     if isinstance(tables, ComparisonTable):
         tables = [tables]
-    figure, axes = plt.subplots(len(tables), 2, figsize=(15, 4.5 * len(tables)), squeeze=False)
+    figure, axes = plt.subplots(len(tables), 2, figsize=(15, 5.5 * len(tables)), squeeze=False)
     for (left, right), table in zip(axes, tables):
         labels = table.labels
         width = 0.8 / max(len(table.rows), 1)
+        colours = plt.get_cmap("tab20").colors  # 20 distinct colours: one per row of the paper's table
         for index, row in enumerate(table.rows):
             xs, means, errs = [], [], []
             for position, label in enumerate(labels):
@@ -523,7 +534,11 @@ def plot_bars(tables: ComparisonTable | Sequence[ComparisonTable], path: str | P
                     xs.append(position + (index - (len(table.rows) - 1) / 2) * width)
                     means.append(stat.mean)
                     errs.append(stat.std or 0.0)
-            left.bar(xs, means, width, yerr=errs, label=row.label, capsize=2)
+            has_spread = any(e > 0 for e in errs)
+            colour = colours[index % len(colours)]
+            left.bar(
+                xs, means, width, yerr=errs if has_spread else None, label=row.label, capsize=2, color=colour
+            )
         every = [s.mean for r in table.rows for s in r.cells.values()]
         if every:
             low, high = min(every), max(every)
@@ -531,14 +546,19 @@ def plot_bars(tables: ComparisonTable | Sequence[ComparisonTable], path: str | P
         left.set_xticks(range(len(labels)), labels, rotation=20)
         left.set_ylabel(f"{table.metric} (%)")
         left.set_title(_title(table))
-        left.legend(fontsize=7, ncol=2)
+        left.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
         gains = [r for r in table.rows if AVERAGE in r.delta]
         positions = range(len(gains))
         right.bar(positions, [r.delta[AVERAGE] for r in gains], color="tab:blue", label="this run")
         paper = [(i, r.paper_delta_avg) for i, r in enumerate(gains) if r.paper_delta_avg is not None]
         if paper:
             right.scatter(
-                [i for i, _ in paper], [v for _, v in paper], marker="D", color="tab:red", zorder=3, label="paper"
+                [i for i, _ in paper],
+                [v for _, v in paper],
+                marker="D",
+                color="tab:red",
+                zorder=3,
+                label="paper",
             )
         right.axhline(0.0, color="black", linewidth=0.8)
         right.set_xticks(list(positions), [r.label for r in gains], rotation=30, ha="right")
@@ -586,7 +606,10 @@ FORMATS: tuple[str, ...] = ("md", "csv", "tex", "png")
 
 
 def save_tables(
-    tables: Sequence[ComparisonTable], directory: str | Path, stem: str = "comparison", formats: Iterable[str] = FORMATS
+    tables: Sequence[ComparisonTable],
+    directory: str | Path,
+    stem: str = "comparison",
+    formats: Iterable[str] = FORMATS,
 ) -> dict[str, Path]:
     """Write ``<stem>.md/.csv/.tex/.png`` into ``directory``; return the paths by format."""
     formats = list(formats)

@@ -54,3 +54,13 @@ def test_table_errors_are_reported(tmp_path, capsys):
     _write(tmp_path / "r", "none", 0, 0.99, 0.95)
     assert main([str(tmp_path), "--formats", "md,docx"]) == 2
     assert "unknown table formats ['docx']" in capsys.readouterr().err
+
+
+def test_table_logged_to_an_offline_wandb_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _write(tmp_path / "sweep" / "0", "none", 0, 0.99, 0.95)
+    assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--formats", "md", "--wandb"]) == 0
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert f"wandb sync {runs[0]}" in capsys.readouterr().out

@@ -20,7 +20,19 @@ register_configs()
 EXPERIMENT_FILES = sorted(EXPERIMENTS_DIR.rglob("*.yaml"))
 EXPERIMENTS = [p.relative_to(EXPERIMENTS_DIR).with_suffix("").as_posix() for p in EXPERIMENT_FILES]
 GROUPS = ["data", "student", "teacher", "head", "distill", "trainer", "logger", "callbacks"]
-PAPER_ROWS = ["none", "fitnet", "kd", "darkrank", "sp", "cckd", "rkd", "shrinkteanet", "triplet", "margin", "ekd"]
+PAPER_ROWS = [
+    "none",
+    "fitnet",
+    "kd",
+    "darkrank",
+    "sp",
+    "cckd",
+    "rkd",
+    "shrinkteanet",
+    "triplet",
+    "margin",
+    "ekd",
+]
 
 
 def _compose(*overrides: str, hydra_cfg: bool = False):
@@ -81,7 +93,9 @@ def test_every_group_option_composes(group):
 
 
 def test_launchers_and_hparams_search_compose():
-    cfg = _compose("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", hydra_cfg=True)
+    cfg = _compose(
+        "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", hydra_cfg=True
+    )
     launcher = cfg.hydra.launcher
     # one SLURM task per device, so Lightning runs DDP over them without relaunching
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2
@@ -173,7 +187,9 @@ def test_output_directories_carry_a_per_process_id():
     assert "${ekd.uid:}" in run_dir and "${ekd.uid:}" in cfg.hydra.sweep._get_node("dir")._value()
     script = "from ekd.config import register_configs, run_uid; register_configs(); print(run_uid())"
     ids = {
-        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout.strip()
         for _ in range(2)
     }
     assert len(ids) == 2 and all(len(i) == 8 for i in ids)
@@ -181,7 +197,7 @@ def test_output_directories_carry_a_per_process_id():
 
 def test_conf_dir_is_the_source_tree():
     # the editable install: configs are read from the repository, next to the package
-    assert CONF_DIR == Path(__file__).resolve().parents[2] / "conf"
+    assert Path(__file__).resolve().parents[2] / "conf" == CONF_DIR
     assert (CONF_DIR / "train.yaml").is_file()
 
 
@@ -189,7 +205,9 @@ def test_keys_appended_with_plus_are_checked_against_the_schema():
     from ekd.config import ConfigError, validate_config
 
     cfg = _compose("+trainer.max_epoch=3")  # '+' lifts the struct flag, so composition accepts it
-    with pytest.raises(ConfigError, match=r"trainer\.max_epoch \(not a key of TrainerConfig; known: .*max_epochs"):
+    with pytest.raises(
+        ConfigError, match=r"trainer\.max_epoch \(not a key of TrainerConfig; known: .*max_epochs"
+    ):
         validate_config(cfg)
     # free-form mappings (backbone options) are checked by the backbone factory, not here
     validate_config(_compose("+student.kwargs.dropout=0.1"))

@@ -165,7 +165,9 @@ def test_wrong_magic_names_file_and_offset(tmp_path):
     data = bytearray(rec.read_bytes())
     data[offset : offset + 4] = b"XXXX"
     rec.write_bytes(bytes(data))
-    with pytest.raises(RecordIOError, match=r"t\.rec.*key 1.*wrong magic"):
+    with pytest.raises(
+        RecordIOError, match=rf"t\.rec \(key 1\): wrong magic 0x58585858 at byte offset {offset}"
+    ):
         RecordReader(rec, idx).read(1)
     with pytest.raises(RecordIOError, match=rf"wrong magic .* at byte offset {offset}"):
         list(scan_records(rec))
