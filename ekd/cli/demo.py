@@ -1,6 +1,6 @@
 """``ekd-demo``: the whole comparison at synthetic scale, on a CPU, with nothing to download.
 
-    ekd-demo                      # ~12.5 minutes on 2 shared CPU cores; results in demo_out/<time>/
+    ekd-demo                      # ~7 minutes on 2 CPU cores (measured); results in demo_out/<time>/
     ekd-demo --out DIR --methods none,kd,ekd --student resnet18
     ekd-demo --quick              # seconds: tiny data and 2 steps per run (a smoke test)
 
