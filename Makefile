@@ -8,7 +8,7 @@ install:
 	$(PIP) install -e '.[dev]'
 
 demo: install
-	ekd-info
+	ekd-demo
 
 test: install
 	WANDB_MODE=disabled $(PYTHON) -m pytest -n 2 --dist loadfile -q

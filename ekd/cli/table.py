@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ekd.report import ResultsError, build_tables, collect_results, log_to_wandb, save_tables, to_markdown
 from ekd.report.table import FORMATS
+from ekd.report.wandb_runs import finish_wandb_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,12 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         if own_run:
             wandb.init(project=args.wandb_project, job_type="table", dir=str(out), name=f"table-{args.stem}")
         log_to_wandb(tables)
-        if own_run and wandb.run is not None:
-            run_dir = Path(wandb.run.dir).parent
-            offline = wandb.run.settings.mode == "offline" if hasattr(wandb.run, "settings") else False
-            wandb.finish()
-            if offline:
-                print(f"W&B offline run: upload with  wandb sync {run_dir}")
+        if own_run:
+            finish_wandb_run()
     return 0
 
 

@@ -217,6 +217,7 @@ def build_module(
         objectives=_container(cfg.distill.objectives),
         teacher_centres=cfg.distill.teacher_centres,
         prototype_cache=cfg.distill.prototype_cache,
+        teacher_cache=cfg.distill.teacher_cache,
         teacher_logit_scale=cfg.distill.teacher_logit_scale,
         student_head_init=cfg.distill.student_head_init,
         batch_layout=layout_rows(batch_layout),
@@ -428,6 +429,19 @@ def _teacher_sha256(cfg: DictConfig) -> str | None:
     return file_sha256(cfg.teacher.checkpoint)
 
 
+def _teacher_cache_record(cfg: DictConfig, module: Any, trainer: Any) -> dict[str, Any] | None:
+    """``{"path", "used"}`` of a configured ``distill.teacher_cache`` (None without one).
+
+    ``used``: the teacher embeddings came from the cache (False: the teacher ran online, a log line
+    said why); None when the fit ran in spawned processes (ddp_spawn), whose module this one is not.
+    """
+    if not uses_teacher(cfg) or not cfg.distill.teacher_cache:
+        return None
+    spawned = type(getattr(trainer.strategy, "launcher", None)).__name__ == "_MultiProcessingLauncher"
+    used = None if spawned else bool(getattr(module, "cache_active", False))
+    return {"path": str(Path(cfg.distill.teacher_cache).resolve()), "used": used}
+
+
 def _wandb_summary(metrics: Mapping[str, dict], results: Mapping[str, Any]) -> None:
     """Summary metrics per benchmark and a per-set ``wandb.Table`` in the active W&B run."""
     import wandb
@@ -467,16 +481,9 @@ def _finish_wandb(loggers: list[Any]) -> None:
     """Close the W&B run (a multirun's next job must start its own) and print how to upload it."""
     if not any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         return
-    import wandb
+    from ekd.report.wandb_runs import finish_wandb_run
 
-    run = wandb.run
-    if run is None:
-        return
-    mode = os.environ.get("WANDB_MODE", "")
-    run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
-    wandb.finish()
-    if mode in ("offline", "dryrun") and run_dir is not None:
-        print(f"W&B offline run saved; upload it with:  wandb sync {run_dir}")
+    finish_wandb_run()
 
 
 def run(
@@ -560,6 +567,7 @@ def run(
             "teacher": cfg.teacher.name if uses_teacher(cfg) else None,
             "teacher_checkpoint": str(cfg.teacher.checkpoint) if uses_teacher(cfg) else None,
             "teacher_sha256": _teacher_sha256(cfg),
+            "teacher_cache": _teacher_cache_record(cfg, module, trainer),
             "seed": int(cfg.seed),
             "experiment": experiment,
             "sweep": sweep,

@@ -106,6 +106,9 @@ class DistillConfig:
     objectives: dict[str, Any] = field(default_factory=dict)  # name -> {weight: w, **hparams}
     teacher_centres: str = "auto"
     prototype_cache: Optional[str] = None
+    # folder written by ``ekd-cache build`` (same teacher file and training set): the teacher's embeddings
+    # are read from it instead of computed, unless an objective needs its stage feature maps
+    teacher_cache: Optional[str] = None
     teacher_logit_scale: float = 64.0
     student_head_init: str = "none"
     save_teacher: bool = False

@@ -1,9 +1,11 @@
 """Face data: MXNet RecordIO (pure Python), insightface .bin verification sets, image folders, the
-synthetic identity benchmark, distributed-aware batch samplers and the Lightning datamodule."""
+synthetic identity benchmark, distributed-aware batch samplers, dataset fingerprints and the Lightning
+datamodule."""
 
 from ekd.data.bins import KNOWN_BIN_SETS, load_bin, write_bin
 from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset, pack_folder, write_face_records
 from ekd.data.errors import BinFormatError, DataError, RecordIOError
+from ekd.data.fingerprint import dataset_fingerprint
 from ekd.data.recordio import IRHeader, RecordReader, RecordWriter, pack_payload, reindex, unpack_payload
 from ekd.data.samplers import EKDBatchSampler, PKBatchSampler, RandomBatchSampler
 from ekd.data.synthetic import SyntheticConfig, write_synthetic

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ekd.data.bins import KNOWN_BIN_SETS, load_bin
 from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset
 from ekd.data.errors import DataError
+from ekd.data.fingerprint import dataset_fingerprint
 from ekd.data.samplers import EKDBatchSampler, PKBatchSampler, RandomBatchSampler
 from ekd.data.synthetic import GENERATOR_VERSION, VERIFICATION_SETS, SyntheticConfig, write_synthetic
 
@@ -123,6 +124,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.seed = seed
         self._return_index = bool(return_index)
         self._dataset: FaceRecordDataset | FaceFolderDataset | None = None
+        self._fingerprint: str | None = None
         self._sampler: RandomBatchSampler | EKDBatchSampler | PKBatchSampler | None = None
         self._pending_state: dict[str, Any] | None = None
         self._verification: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -160,6 +162,16 @@ class FaceDataModule(pl.LightningDataModule):
             kind = FaceFolderDataset if self.source == "folder" else FaceRecordDataset
             self._dataset = kind(self.root, flip=self.flip, return_index=self._return_index)
         return self._dataset
+
+    def fingerprint(self) -> str:
+        """Identity of the training images and labels (:func:`ekd.data.dataset_fingerprint`), computed once.
+
+        It keys what is computed from the training data and reused across runs (teacher class prototypes
+        in ``prototype_cache``); the same files in another folder give the same fingerprint.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(self.dataset)
+        return self._fingerprint
 
     @property
     def return_index(self) -> bool:

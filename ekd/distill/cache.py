@@ -20,10 +20,11 @@ costs no resident memory beyond the pages a batch touches. ``index.json`` is wri
 a folder without it is an unfinished build and is refused.
 
 Key. A cache is valid for one teacher file (its SHA-256) and one dataset, identified by
-:func:`dataset_fingerprint`: for RecordIO the SHA-256 of the ``.idx`` file, the number of samples, the
-``.rec`` size, the ``property`` file and the labels; for an image folder the SHA-256 of the sorted list
-of (relative path, label). Image bytes are not hashed (hundreds of GB): an edit that keeps every
-record's offset and label, or every file name, goes unnoticed. Using a cache with another teacher or
+:func:`ekd.data.dataset_fingerprint` (``ekd/data/fingerprint.py``): for RecordIO the SHA-256 of the
+``.idx`` file, the number of samples, the ``.rec`` size, the ``property`` file and the labels; for an
+image folder the SHA-256 of the sorted list of (relative path, label). Image bytes are not hashed
+(hundreds of GB): an edit that keeps every record's offset and label, or every file name, goes
+unnoticed. Using a cache with another teacher or
 dataset raises :class:`TeacherCacheMismatchError` naming both fingerprints.
 
 Precision. float16 keeps 11 significant bits: the relative error of a stored value is at most
@@ -40,7 +41,6 @@ process group the caller does both (``ekd-cache build --devices N`` spawns one p
 from __future__ import annotations
 
 import datetime as _datetime
-import hashlib
 import json
 import logging
 import os
@@ -53,6 +53,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from ekd.data.errors import DataError
+from ekd.data.fingerprint import dataset_fingerprint
 
 CACHE_FORMAT = "ekd.teacher_cache/1"
 INDEX_FILE = "index.json"
@@ -73,46 +76,7 @@ class TeacherCacheMismatchError(TeacherCacheError):
     """A cache built for another teacher file or another dataset."""
 
 
-# ------------------------------------------------------------------------------------- fingerprints
-def _sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dataset_fingerprint(dataset: Dataset) -> str:
-    """Identity of a training set, cheap to compute and independent of where the files are.
-
-    RecordIO (``FaceRecordDataset``): SHA-256 over the ``.idx`` file's SHA-256, the number of samples,
-    the ``.rec`` size, the ``property`` file's content and the labels. Image folder
-    (``FaceFolderDataset``): SHA-256 of the sorted ``relative path<TAB>label`` lines. Other datasets
-    have no fingerprint (TeacherCacheError).
-    """
-    from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset
-
-    digest = hashlib.sha256()
-    if isinstance(dataset, FaceRecordDataset):
-        prop = dataset.root / "property"
-        digest.update(b"rec\n")
-        digest.update(_sha256_file(Path(dataset.reader.idx_path)).encode())
-        digest.update(f"\n{len(dataset)}\n{dataset.reader.file_size}\n".encode())
-        digest.update(prop.read_bytes().strip() if prop.is_file() else b"<no property file>")
-        # labels live in the .rec payloads, not in the .idx: a relabelled file can keep every offset
-        digest.update(np.ascontiguousarray(dataset.labels, dtype="<i8").tobytes())
-        return digest.hexdigest()
-    if isinstance(dataset, FaceFolderDataset):
-        digest.update(b"folder\n")
-        for path, label in dataset.samples:
-            digest.update(f"{Path(path).relative_to(dataset.root).as_posix()}\t{label}\n".encode())
-        return digest.hexdigest()
-    raise TeacherCacheError(
-        f"a teacher cache needs a FaceRecordDataset or FaceFolderDataset (they have a fingerprint), "
-        f"got {type(dataset).__name__}"
-    )
-
-
+# ---------------------------------------------------------------------------------- dataset checks
 def dataset_description(dataset: Dataset) -> dict[str, Any]:
     """Kind, root, sample and class counts of a training set (stored in the index for humans)."""
     from ekd.data.datasets import FaceFolderDataset
@@ -140,8 +104,8 @@ def cache_unusable_reason(dataset: Dataset) -> str | None:
         return f"the training dataset ({type(dataset).__name__}) cannot report sample indices and flips"
     try:
         dataset_fingerprint(dataset)
-    except TeacherCacheError as err:
-        return str(err)
+    except DataError as err:
+        return f"a teacher cache needs a dataset fingerprint: {err}"
     return None
 
 

@@ -19,7 +19,9 @@ are ``teacher_logit_scale * cos(f^_t, W^_t)`` against teacher class centres W_t 
 - ``"prototypes"``: the teacher's class prototypes (``ekd.distill.prototypes``), computed in one pass
   over the training data at fit start (``datamodule.prototype_dataloader()`` when the datamodule
   has one, else its ``train_dataloader()``), cached in ``prototype_cache`` when given, keyed by
-  ``teacher sha256 / num_classes / datamodule.fingerprint`` (when the datamodule has one);
+  ``teacher sha256 / num_classes / datamodule.fingerprint()`` (``FaceDataModule.fingerprint``, the
+  dataset fingerprint of ``ekd.data``); a ``prototype_cache`` with a datamodule that has no
+  fingerprint is refused (two datasets would share one cache);
 - ``"auto"``: the head when the checkpoint has one with ``num_classes`` rows, else prototypes.
 
 The same centres go to objectives with ``needs_teacher_centres`` (MarginDistillation) and, with
@@ -344,6 +346,7 @@ class DistillationModule(RecognitionModule):
             )
         if self.cache_active:
             return self._cached_prototypes()
+        data_id = self._data_fingerprint(datamodule) if self.hparams.prototype_cache is not None else None
         loader_fn = getattr(datamodule, "prototype_dataloader", None) or datamodule.train_dataloader
         device = trainer.strategy.root_device
         original = next(self.teacher.parameters()).device
@@ -354,13 +357,28 @@ class DistillationModule(RecognitionModule):
             num_classes = self.hparams.num_classes
             if cache is None:
                 return compute_class_prototypes(self.teacher, loader, num_classes, device)
-            data_id = getattr(datamodule, "fingerprint", None)
-            data_id = data_id() if callable(data_id) else data_id
             fingerprint = f"teacher={self.hparams.teacher_sha256};classes={num_classes};data={data_id}"
             return load_or_compute_prototypes(cache, fingerprint, self.teacher, loader, num_classes, device)
         finally:
             self.teacher.to(original)
             self.teacher.eval()
+
+    def _data_fingerprint(self, datamodule: Any) -> str:
+        """The datamodule's dataset fingerprint (``fingerprint()`` or ``fingerprint``), for the prototype key.
+
+        Without one, prototypes of two different datasets could share ``prototype_cache``: refused.
+        """
+        value = getattr(datamodule, "fingerprint", None)
+        value = value() if callable(value) else value
+        if not isinstance(value, str) or not value:
+            raise ValueError(
+                f"prototype_cache={self.hparams.prototype_cache!r}: the datamodule "
+                f"({type(datamodule).__name__}) has no dataset fingerprint (a `fingerprint()` method or "
+                f"`fingerprint` attribute giving a non-empty string; got {value!r}), so cached prototypes "
+                "could be reused for another dataset; use ekd.data.FaceDataModule, give the datamodule a "
+                "fingerprint, or drop prototype_cache"
+            )
+        return value
 
     def _cached_prototypes(self, chunk: int = 65536) -> torch.Tensor:
         """Prototypes from the cached embeddings of every image and its mirror (no teacher pass)."""

@@ -10,6 +10,7 @@ Format ``ekd-results/1`` (one JSON object; rates are fractions in [0, 1], never 
       "student": "mobilefacenet",      # registry name of the trained backbone
       "student_label": "MobileFaceNet",
       "teacher": "iresnet50" | null,  "teacher_checkpoint": "...", "teacher_sha256": "..." | null,
+      "teacher_cache": {"path": "...", "used": true | false | null} | null,  # distill.teacher_cache
       "seed": 0, "experiment": "ms1mv2/mobilefacenet/ekd" | null, "sweep": "<sweep dir name>" | null,
       "metrics": {"lfw": {"accuracy": 0.9952, "accuracy_std": 0.003, "tpr_at_fpr": {"1e-4": ...},
                           "auc": ..., "eer": ..., "num_pairs": 6000, ...}, ...},

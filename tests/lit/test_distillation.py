@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import ekd.distill
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import NonFiniteLossError
-from ekd.models import FaceBackbone, Features, list_backbones, register_backbone
+from ekd.models import FaceBackbone, Features, registry
 from ekd.models.loading import load_backbone
 from tests.lit.common import (
     EMB,
@@ -160,13 +160,17 @@ class _FlatBackbone(FaceBackbone):
         return Features(embedding=self.fc(x.flatten(1)))
 
 
-if _FLAT not in list_backbones():
-    register_backbone(_FLAT)(
-        lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size)
+@pytest.fixture
+def flat_backbone(monkeypatch):
+    """Register the stage-less backbone for one test only (registry-driven tests must not see it)."""
+    monkeypatch.setitem(
+        registry._BACKBONES,
+        _FLAT,
+        lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size),
     )
 
 
-def test_missing_feature_field_fails_at_construction(teacher_files):
+def test_missing_feature_field_fails_at_construction(teacher_files, flat_backbone):
     flat = {"backbone": _FLAT, "backbone_kwargs": {}}
     with pytest.raises(ValueError, match=r"'sp' needs \['stages.stage3'\] from the student"):
         distillation_module(teacher_files["ckpt"], {"sp": {"stage": "stage3"}}, **flat)
