@@ -1,6 +1,6 @@
 """Image decoding, encoding, resizing and normalisation shared by every dataset and format.
 
-Decoder choice (measured in ``bench/bench_recordio.py``, results in ``bench/RESULTS_data.md``): on
+Decoder choice (measured in ``bench/bench_recordio.py``, results in ``BENCHMARKS.md``): on
 112x112 face JPEGs ``simplejpeg`` (libjpeg-turbo, when installed) and ``torchvision.io.decode_jpeg``
 are clearly faster than PIL; all three use libjpeg-turbo's default IDCT and return identical pixels.
 ``decode_image`` therefore uses simplejpeg when importable, torchvision otherwise, and PIL for

@@ -24,7 +24,7 @@ around it.
 
 The hard sets vary the nuisance inside negative pairs too, so that pose or age never tells a
 positive from a negative. ``bench/calibrate_synthetic.py`` checks that the benchmark separates model
-sizes and leaves room for distillation (results in ``bench/RESULTS_data.md``).
+sizes and leaves room for distillation (results in ``BENCHMARKS.md``).
 """
 
 from __future__ import annotations
