@@ -18,6 +18,7 @@ import torch
 from perf_common import (
     HEAD_KW,
     StepRunner,
+    emit,
     markdown_table,
     stand_in_cache,
     teacher_file,
@@ -104,11 +105,7 @@ def main(argv: list[str] | None = None) -> str:
         f"batch {args.batch}, {args.classes} classes, CPU {platform.processor() or platform.machine()}, "
         f"{args.threads} thread(s), median of {args.repeats} interleaved repeats\n\n{table}\n"
     )
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a") as handle:
-            handle.write(text + "\n")
-    return text
+    return emit(text, args.markdown)
 
 
 if __name__ == "__main__":

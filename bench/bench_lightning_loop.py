@@ -18,7 +18,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from perf_common import HEAD_KW, markdown_table
+from perf_common import HEAD_KW, emit, markdown_table
 from torch.utils.data import DataLoader, TensorDataset
 
 from ekd.lit.recognition import RecognitionModule
@@ -116,11 +116,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.classes} classes, "
         f"{args.threads} thread(s), median of {args.rounds} alternating rounds\n\n{table}\n"
     )
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a") as handle:
-            handle.write(text + "\n")
-    return text
+    return emit(text, args.markdown)
 
 
 if __name__ == "__main__":

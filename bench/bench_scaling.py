@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from perf_common import markdown_table, time_interleaved
+from perf_common import emit, markdown_table, time_interleaved
 
 from ekd.distill import create as create_objective
 from ekd.heads.loss import RecognitionLoss
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> str:
         f"ms (ratio to B = {batches[0]}), median of {args.repeats}\n\n{table}\n\n"
         f"ArcFace head, forward + backward, B = {args.head_batch}, D = {args.dim}\n\n{head_table}\n"
     )
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a") as handle:
-            handle.write(text + "\n")
-    return text
+    return emit(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 from perf_common import (
     HEAD_KW,
     StepRunner,
+    emit,
     markdown_table,
     stand_in_cache,
     teacher_file,
@@ -105,11 +106,7 @@ def main(argv: list[str] | None = None) -> str:
         f"precision {args.precision}, channels_last {args.channels_last}, median of {args.repeats}; "
         f"total {time.perf_counter() - started:.0f} s\n\n{table}\n"
     )
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "a") as handle:
-            handle.write(text + "\n")
-    return text
+    return emit(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,12 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def emit(text: str, markdown: str | None) -> str:
+    """Print a result block and, when ``markdown`` names a file, append it there."""
+    print(text)
+    if markdown:
+        with open(markdown, "a") as handle:
+            handle.write(text + "\n")
+    return text

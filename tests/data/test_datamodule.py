@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -68,6 +70,23 @@ def test_val_sets_by_name_and_path(synth_root, tmp_path):
     write_bin(extra, torch.zeros(2, 3, 112, 112, dtype=torch.uint8), [True], image_format="png")
     dm = _dm(synth_root, val_sets=["synth_age", str(extra)])
     assert sorted(dm.verification_sets()) == ["extra", "synth_age"]
+
+
+def test_fingerprint_identifies_the_training_set(synth_root, tmp_path):
+    from ekd.data import FaceRecordDataset, dataset_fingerprint
+
+    dm = _dm(synth_root)
+    first = dm.fingerprint()
+    assert first == dataset_fingerprint(FaceRecordDataset(synth_root)) and dm.fingerprint() == first
+    # stable: another datamodule (other sampler / batch size) on the same data, or a copy of it elsewhere
+    assert _dm(synth_root, sampler="pk", flip=False).fingerprint() == first
+    copy = shutil.copytree(synth_root, tmp_path / "copy")
+    assert FaceDataModule(source="rec", root=str(copy), num_workers=0).fingerprint() == first
+    # another synthetic training set: another fingerprint
+    other = FaceDataModule(
+        source="synthetic", root=str(tmp_path / "other"), synthetic={**SYNTH, "identities": 5}, num_workers=0
+    )
+    assert other.fingerprint() != first
 
 
 def test_existing_data_with_other_arguments_is_refused(synth_root):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+import ekd.data
 import ekd.distill
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import NonFiniteLossError
@@ -242,6 +245,10 @@ def test_prototypes_from_the_training_data_cached_and_student_head_frozen(teache
     expected = torch.stack([F.normalize(unit[labels == c].mean(0), dim=0) for c in range(NUM_CLASSES)])
     assert torch.allclose(module.teacher_class_centres.double(), expected, atol=1e-5)
     assert cache.exists()
+    # keyed by teacher file, class count and the datamodule's dataset fingerprint
+    sha256 = hashlib.sha256(teacher_files["plain"].read_bytes()).hexdigest()
+    saved = torch.load(cache, map_location="cpu", weights_only=True)
+    assert saved["fingerprint"] == f"teacher={sha256};classes={NUM_CLASSES};data=toy-v1"
     assert torch.allclose(module.objectives["margin"].centres.double(), expected, atol=1e-5)
     head = module.recognition.head.weight
     assert not head.requires_grad and torch.allclose(head.double(), expected, atol=1e-5)  # frozen: unchanged
@@ -252,6 +259,79 @@ def test_prototypes_from_the_training_data_cached_and_student_head_frozen(teache
     again = distillation_module(teacher_files["plain"], {"kd": {}}, prototype_cache=str(cache))
     with pytest.raises(ValueError, match="prototypes cache"):
         trainer(max_steps=1).fit(again, datamodule=other)
+
+
+class _DataWithoutFingerprint(pl.LightningDataModule):
+    def train_dataloader(self):
+        return loader(batch_size=8)
+
+
+def test_prototype_cache_needs_a_dataset_fingerprint(teacher_files, tmp_path):
+    cache = tmp_path / "protos.pt"
+    module = distillation_module(
+        teacher_files["plain"], {"kd": {}}, teacher_centres="prototypes", prototype_cache=str(cache)
+    )
+    with pytest.raises(ValueError, match=r"_DataWithoutFingerprint\) has no dataset fingerprint") as err:
+        trainer(max_steps=1).fit(module, datamodule=_DataWithoutFingerprint())
+    assert "protos.pt" in str(err.value) and not cache.exists()  # never a cache keyed by data=None
+    # without prototype_cache nothing is shared: the prototypes are computed for this run only
+    module = distillation_module(teacher_files["plain"], {"kd": {}}, teacher_centres="prototypes")
+    trainer(max_steps=1).fit(module, datamodule=_DataWithoutFingerprint())
+    assert module.teacher_class_centres.shape == (NUM_CLASSES, EMB)
+
+
+def _write_records(root, labels, seed):
+    from ekd.data import write_face_records
+    from ekd.data.images import encode_png
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in labels]
+    write_face_records(root, [encode_png(image) for image in images], labels)
+    return root
+
+
+def test_prototype_cache_is_keyed_by_the_face_datamodule_fingerprint(tmp_path):
+    from ekd.data import FaceDataModule, FaceRecordDataset
+    from ekd.models import create_backbone
+
+    labels = [0, 0, 1, 1, 2, 2, 3, 3]
+    first = _write_records(tmp_path / "first", labels, seed=0)
+    second = _write_records(tmp_path / "second", [0, 1, 1, 1, 2, 2, 3, 3], seed=1)
+    torch.manual_seed(5)
+    teacher_file = tmp_path / "teacher112.pth"
+    torch.save(create_backbone(TEACHER, base_width=8, embedding_size=EMB).state_dict(), teacher_file)
+    cache = tmp_path / "protos.pt"
+
+    def fit(root):
+        module = distillation_module(
+            teacher_file,
+            {"kd": {}},
+            teacher_kwargs={"base_width": 8, "embedding_size": EMB},
+            backbone_kwargs={"base_width": 8},
+            teacher_centres="prototypes",
+            prototype_cache=str(cache),
+        )
+        data = FaceDataModule(
+            source="rec", root=str(root), batch_size=4, flip=False, num_workers=0, val_sets=[]
+        )
+        trainer(max_steps=1).fit(module, datamodule=data)
+        return module, data
+
+    module, data = fit(first)
+    fingerprint = data.fingerprint()
+    assert fingerprint == ekd.data.dataset_fingerprint(FaceRecordDataset(first))
+    saved = torch.load(cache, map_location="cpu", weights_only=True)
+    sha256 = hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+    assert saved["fingerprint"] == f"teacher={sha256};classes={NUM_CLASSES};data={fingerprint}"
+    # the same images elsewhere: the cached prototypes are reused
+    again, _ = fit(shutil.copytree(first, tmp_path / "copy"))
+    assert torch.equal(again.teacher_class_centres, saved["prototypes"])
+    # another training set with the same class count: refused, naming both keys
+    other_fingerprint = FaceDataModule(source="rec", root=str(second), num_workers=0).fingerprint()
+    assert other_fingerprint != fingerprint
+    with pytest.raises(ValueError, match="prototypes cache") as err:
+        fit(second)
+    assert fingerprint in str(err.value) and other_fingerprint in str(err.value)
 
 
 def test_fitnet_hint_only_phase(teacher_files):
