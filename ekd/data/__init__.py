@@ -35,6 +35,7 @@ __all__ = [
     "RecordReader",
     "RecordWriter",
     "SyntheticConfig",
+    "dataset_fingerprint",
     "load_bin",
     "pack_folder",
     "pack_payload",

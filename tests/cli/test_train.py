@@ -180,3 +180,164 @@ def test_ddp_spawn_on_two_cpu_processes(data_root, tmp_path):
     results = run(_tiny(data_root, *STUDENT, "trainer=ddp_spawn_cpu", "trainer.max_steps=2"), tmp_path)
     assert results["global_step"] == 2
     assert load_results(tmp_path)["metrics"].keys() == {"synth_frontal", "synth_pose", "synth_age"}
+
+
+# ------------------------------------------------------------------------------- teacher embedding cache
+TINY_TEACHER_KW = {"base_width": 8, "dropout": 0.0, "embedding_size": 32}  # teacher=tiny at 32-d
+
+
+@pytest.fixture(scope="module")
+def cached_teacher(data_root, tmp_path_factory) -> dict[str, Path]:
+    """A plain teacher file (iresnet18/8) and its ekd-cache of the tiny synthetic training set."""
+    from ekd.cli.cache import main as cache_main
+    from ekd.cli.train import build_datamodule
+    from ekd.models import create_backbone
+
+    build_datamodule(_tiny(data_root)).prepare_data()  # generate the training set before caching it
+    base = tmp_path_factory.mktemp("teacher_cache")
+    torch.manual_seed(7)
+    teacher = base / "backbone.pth"
+    torch.save(create_backbone("iresnet18", **TINY_TEACHER_KW).state_dict(), teacher)
+    cache = base / "cache"
+    args = ["build", "--teacher", "iresnet18", "--teacher-kwargs", json.dumps(TINY_TEACHER_KW)]
+    args += ["--checkpoint", str(teacher), "--data", str(data_root), "--output", str(cache)]
+    assert cache_main([*args, "--num-workers", "0", "--batch-size", "16", "--device", "cpu"]) == 0
+    return {"teacher": teacher, "cache": cache, "base": base}
+
+
+def test_distillation_reads_the_teacher_cache(cached_teacher, data_root, tmp_path, monkeypatch, caplog):
+    from ekd.distill.cache import TeacherEmbeddingCache
+    from ekd.models.iresnet import IResNet
+
+    lookups: list[int] = []
+    original = TeacherEmbeddingCache.lookup
+
+    def counted(self, indices, flipped):
+        lookups.append(len(indices))
+        return original(self, indices, flipped)
+
+    teacher_passes: list[int] = []
+    online = IResNet.forward_features
+    monkeypatch.setattr(TeacherEmbeddingCache, "lookup", counted)
+    # the student is a MobileFaceNet: every IResNet forward would be the teacher's
+    monkeypatch.setattr(
+        IResNet, "forward_features", lambda self, x: teacher_passes.append(1) or online(self, x)
+    )
+    cache = cached_teacher["cache"]
+    cfg = _tiny(
+        data_root,
+        *STUDENT,
+        "distill=mimic",
+        *_teacher(cached_teacher["teacher"]),
+        f"distill.teacher_cache={cache}",
+    )
+    with caplog.at_level("INFO", logger="ekd.lit.distillation"):
+        results = run(cfg, tmp_path)
+    assert lookups == [8, 8] and not teacher_passes  # two steps of 8 rows, all from the cache
+    assert f"teacher cache {cache}: teacher embeddings are read from the cache" in caplog.text
+    assert results["global_step"] == 2
+    assert load_results(tmp_path)["teacher_cache"] == {"path": str(cache.resolve()), "used": True}
+
+
+def test_teacher_cache_is_reported_unused_for_stage_objectives(cached_teacher, data_root, tmp_path, caplog):
+    cache = cached_teacher["cache"]
+    overrides = [*STUDENT, "distill=fitnet", "trainer.max_steps=1", f"distill.teacher_cache={cache}"]
+    with caplog.at_level("WARNING", logger="ekd.lit.distillation"):
+        results = run(_tiny(data_root, *overrides, *_teacher(cached_teacher["teacher"])), tmp_path)
+    assert "read the teacher's stage feature maps; the teacher runs online" in caplog.text
+    assert results["teacher_cache"] == {"path": str(cache.resolve()), "used": False}
+
+
+def test_cache_of_another_teacher_or_dataset_is_refused_by_ekd_train(cached_teacher, data_root, tmp_path):
+    from ekd.cli.cache import main as cache_main
+    from ekd.data import FaceRecordDataset, dataset_fingerprint, write_synthetic
+    from ekd.data.synthetic import SyntheticConfig
+    from ekd.distill.cache import TeacherCacheMismatchError
+    from ekd.models import create_backbone
+
+    cache = cached_teacher["cache"]
+    # another teacher file: refused when the module is built, before any training
+    torch.manual_seed(8)
+    other_teacher = tmp_path / "other_teacher.pth"
+    torch.save(create_backbone("iresnet18", **TINY_TEACHER_KW).state_dict(), other_teacher)
+    overrides = [*STUDENT, "distill=mimic", *_teacher(other_teacher), f"distill.teacher_cache={cache}"]
+    with pytest.raises(TeacherCacheMismatchError) as err:
+        run(_tiny(data_root, *overrides), tmp_path / "a")
+    expected = [
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in (cached_teacher["teacher"], other_teacher)
+    ]
+    assert all(sha in str(err.value) for sha in expected)
+    assert not (tmp_path / "a" / "results.json").exists()
+
+    # a cache of another training set (same teacher), through the ekd-train command line
+    other_data = tmp_path / "other_data"
+    write_synthetic(
+        other_data, SyntheticConfig(identities=6, images_per_identity=3, pairs=4, heldout_identities=2)
+    )
+    other_cache = tmp_path / "other_cache"
+    args = [
+        "build",
+        "--teacher",
+        "iresnet18",
+        "--teacher-kwargs",
+        json.dumps(TINY_TEACHER_KW),
+        "--device",
+        "cpu",
+    ]
+    args += [
+        "--checkpoint",
+        str(cached_teacher["teacher"]),
+        "--data",
+        str(other_data),
+        "--output",
+        str(other_cache),
+    ]
+    assert cache_main([*args, "--num-workers", "0"]) == 0
+    command = [
+        sys.executable,
+        "-m",
+        "ekd.cli.train",
+        f"data.root={data_root}",
+        *TINY_DATA,
+        *TINY_RUN,
+        *STUDENT,
+    ]
+    command += ["distill=mimic", *_teacher(cached_teacher["teacher"]), f"distill.teacher_cache={other_cache}"]
+    command += [f"hydra.run.dir={tmp_path / 'b'}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=_cli_env(tmp_path), timeout=600)
+    assert done.returncode != 0
+    fingerprints = [dataset_fingerprint(FaceRecordDataset(root)) for root in (other_data, data_root)]
+    message = f"was built for dataset fingerprint {fingerprints[0]}"
+    assert "TeacherCacheMismatchError" in done.stderr and message in done.stderr, done.stderr[-3000:]
+    assert f"has fingerprint {fingerprints[1]}" in done.stderr
+    assert not (tmp_path / "b" / "results.json").exists()
+
+
+def test_every_distill_option_reaches_the_distillation_module(monkeypatch):
+    import dataclasses
+
+    import ekd.lit.distillation
+    from ekd.cli.train import build_module
+    from ekd.config import DistillConfig
+
+    received: dict = {}
+
+    class Recorder:
+        def __init__(self, **kwargs) -> None:
+            received.update(kwargs)
+
+    monkeypatch.setattr(ekd.lit.distillation, "DistillationModule", Recorder)
+    given = {
+        "teacher_centres": "prototypes",
+        "prototype_cache": "/p/protos.pt",
+        "teacher_logit_scale": 32.0,
+        "student_head_init": "teacher_centres",
+        "save_teacher": True,
+        "teacher_cache": "/c/cache",
+    }
+    cfg = _compose("distill=kd", *_teacher(Path("t.pth")), *(f"distill.{k}={v}" for k, v in given.items()))
+    build_module(cfg, num_classes=4)
+    options = {f.name for f in dataclasses.fields(DistillConfig)} - {"method"}
+    assert options == {*given, "objectives"}  # a new option needs a line in `given`
+    assert {key: received[key] for key in given} == given
+    assert received["objectives"] == {"kd": {"weight": 1.0, "temperature": 4.0}}

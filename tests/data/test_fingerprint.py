@@ -1,4 +1,4 @@
-"""Dataset fingerprints: follow the samples and labels, not the location; only the on-disk datasets have one."""
+"""Dataset fingerprints: follow samples and labels, not the location; only on-disk datasets have one."""
 
 from __future__ import annotations
 
