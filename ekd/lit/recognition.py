@@ -40,10 +40,13 @@ import dataclasses
 import inspect
 import math
 import os
+import random
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as torch_dist
@@ -490,6 +493,59 @@ class RecognitionModule(pl.LightningModule):
         meta = checkpoint.setdefault(CHECKPOINT_META_KEY, {})
         meta["class_centres_key"] = self.teacher_centres_key()
         meta["skipped_steps"] = self.skipped_steps
+        checkpoint[RNG_STATES_KEY] = gather_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get(CHECKPOINT_META_KEY, {}).get("skipped_steps", 0))
+        restore_rng_states(checkpoint.get(RNG_STATES_KEY))
+
+
+# Random-number generator states of every rank, so that a resumed run draws the same dropout masks,
+# PartialFC class samples, etc. as an uninterrupted one (the samplers are seeded by (seed, epoch) and
+# saved by the datamodule; this covers the global generators).
+RNG_STATES_KEY = "ekd_rng_states"
+
+
+def _rng_state() -> dict[str, Any]:
+    # tensors, lists and numbers only: our checkpoints must stay loadable with weights_only=True
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """This process's generator states, one entry per rank (a collective under DDP: every rank calls
+    it, as Lightning does when it saves a checkpoint)."""
+    if not dist.is_distributed():
+        return [_rng_state()]
+    states: list[Any] = [None] * dist.world_size()
+    torch_dist.all_gather_object(states, _rng_state())
+    return states
+
+
+def restore_rng_states(states: list[dict[str, Any]] | None) -> None:
+    """Restore this rank's generators from :func:`gather_rng_states`'s list; a checkpoint of another
+    world size restores nothing (with a warning): its streams cannot be mapped onto these ranks."""
+    if not states:
+        return
+    if len(states) != dist.world_size():
+        warnings.warn(
+            f"the checkpoint holds the random-number generator states of {len(states)} rank(s), this run "
+            f"has {dist.world_size()}: generators are not restored, so dropout / class sampling draws "
+            "differ from an uninterrupted run",
+            stacklevel=2,
+        )
+        return
+    state = states[dist.rank()]
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

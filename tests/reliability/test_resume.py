@@ -141,3 +141,20 @@ def test_recognition_resumes_exactly(files, tmp_path):
     _run(make, files["data"], ckpt_dir=tmp_path, kill=True)
     resumed = _run(make, files["data"], resume=tmp_path / f"step={STOP_AFTER}.ckpt")
     _assert_same_end(straight, resumed)
+
+
+def test_random_draws_resume_exactly(files, tmp_path):
+    """Dropout before the embedding layer draws from the global generator at every step: only a
+    checkpoint that carries the generator states resumes it exactly."""
+
+    def make():
+        options = module_options(recognition_rows=4)
+        options["backbone_kwargs"] = {**options["backbone_kwargs"], "dropout": 0.5}
+        return RecognitionModule(**options)
+
+    straight = _run(make, files["data"])
+    _run(make, files["data"], ckpt_dir=tmp_path, kill=True)
+    saved = torch.load(tmp_path / f"step={STOP_AFTER}.ckpt", weights_only=False)
+    assert len(saved["ekd_rng_states"]) == 1
+    resumed = _run(make, files["data"], resume=tmp_path / f"step={STOP_AFTER}.ckpt")
+    _assert_same_end(straight, resumed)
