@@ -159,6 +159,24 @@ def _build(args: argparse.Namespace) -> None:
     teacher, sha256, kwargs = _load_teacher(args)
     started = time.perf_counter()
 
+    def build(device: str, progress: Any) -> Path:
+        """One process's build (this rank's shard under torchrun, everything otherwise)."""
+        return build_teacher_cache(
+            teacher,
+            dataset,
+            args.output,
+            args.teacher,
+            sha256,
+            kwargs,
+            args.checkpoint,
+            args.batch_size,
+            args.num_workers,
+            device,
+            args.precision,
+            args.overwrite,
+            progress,
+        )
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:  # torchrun: every rank runs this command
         import torch.distributed as torch_dist
@@ -170,21 +188,7 @@ def _build(args: argparse.Namespace) -> None:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         try:
-            path = build_teacher_cache(
-                teacher,
-                dataset,
-                args.output,
-                args.teacher,
-                sha256,
-                kwargs,
-                args.checkpoint,
-                args.batch_size,
-                args.num_workers,
-                device,
-                args.precision,
-                args.overwrite,
-                _progress(f"[rank {torch_dist.get_rank()}] "),
-            )
+            path = build(device, _progress(f"[rank {torch_dist.get_rank()}] "))
         finally:
             torch_dist.destroy_process_group()
     elif args.devices > 1:
@@ -210,21 +214,7 @@ def _build(args: argparse.Namespace) -> None:
         )
         path = finalize_cache(args.output, index)
     else:
-        path = build_teacher_cache(
-            teacher,
-            dataset,
-            args.output,
-            args.teacher,
-            sha256,
-            kwargs,
-            args.checkpoint,
-            args.batch_size,
-            args.num_workers,
-            _resolve_device(args.device),
-            args.precision,
-            args.overwrite,
-            _progress(""),
-        )
+        path = build(_resolve_device(args.device), _progress(""))
     if int(os.environ.get("RANK", "0")) == 0:
         elapsed = time.perf_counter() - started
         print(
