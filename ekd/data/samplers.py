@@ -216,9 +216,13 @@ class _IdentityBatchSampler(_EpochBatchSampler):
         rank: int | None,
         world_size: int | None,
         flip: bool = False,
+        batches_per_epoch: int | None = None,
     ) -> None:
         self.labels = _as_labels(labels)
         super().__init__(seed, rank, world_size, len(self.labels), flip)
+        self.batches_per_epoch = (
+            None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
+        )
         self.identities = _positive("identities", identities)
         self.images_per_identity = _positive("images_per_identity", images_per_identity)
         self.identity_ids, self._counts = np.unique(self.labels, return_counts=True)
@@ -277,9 +281,8 @@ class PKBatchSampler(_IdentityBatchSampler):
         batches_per_epoch: int | None = None,
         flip: bool = False,
     ) -> None:
-        super().__init__(labels, identities, images_per_identity, seed, rank, world_size, flip)
-        self.batches_per_epoch = (
-            None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
+        super().__init__(
+            labels, identities, images_per_identity, seed, rank, world_size, flip, batches_per_epoch
         )
 
     def num_batches(self, world_size: int) -> int:
@@ -318,12 +321,11 @@ class EKDBatchSampler(_IdentityBatchSampler):
         batches_per_epoch: int | None = None,
         flip: bool = False,
     ) -> None:
-        super().__init__(labels, identities, images_per_identity, seed, rank, world_size, flip)
+        super().__init__(
+            labels, identities, images_per_identity, seed, rank, world_size, flip, batches_per_epoch
+        )
         self.general = _positive("general", general)
         self.cover_all = cover_all
-        self.batches_per_epoch = (
-            None if batches_per_epoch is None else _positive("batches_per_epoch", batches_per_epoch)
-        )
 
     @property
     def batch_layout(self) -> dict[str, int]:
