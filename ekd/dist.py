@@ -26,6 +26,27 @@ def rank() -> int:
     return torch_dist.get_rank() if is_distributed() else 0
 
 
+def shard_bounds(num_items: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``(start, end)``: the contiguous block ``[start, end)`` of ``num_items`` that rank ``rank`` owns.
+
+    The blocks of ranks 0 .. world_size - 1 tile ``[0, num_items)`` in rank order; each holds
+    ``num_items // world_size`` items and the first ``num_items % world_size`` ranks one more (e.g. 10
+    over 3 ranks: 4, 3, 3). A rank may get an empty block when ``num_items < world_size``; callers that
+    need at least one item per rank (sharded class centres) check that themselves. One convention for
+    every sharded thing (class centres, teacher-cache building, evaluation embeddings), so a rank's
+    slices always line up.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if num_items < 0:
+        raise ValueError(f"cannot shard a negative number of items ({num_items})")
+    base, extra = divmod(num_items, world_size)
+    start = base * rank + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 def _all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     """All-gather tensors whose first dimension may differ between ranks."""
     tensor = tensor.contiguous()

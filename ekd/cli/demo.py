@@ -3,12 +3,15 @@
     ekd-demo                      # ~7 minutes on 2 CPU cores (measured); results in demo_out/<time>/
     ekd-demo --out DIR --methods none,kd,ekd --student resnet18
     ekd-demo --quick              # seconds: tiny data and 2 steps per run (a smoke test)
+    ekd-demo --config-dir my_conf --methods none,mine imports=[my_losses]   # a user's method
 
 1. generates the synthetic benchmark (``ekd.data.synthetic``; cached under ``$EKD_DATA_DIR``);
 2. trains the teacher (``experiment=synthetic/teacher``);
-3. trains the no-KD student and one student per distillation method
-   (``experiment=synthetic/<student>/<method>`` with ``teacher.checkpoint`` = the teacher's last
-   checkpoint), each evaluated on the synthetic verification sets;
+3. trains the no-KD student and one student per method (``experiment=synthetic/student
+   student=<tiny student> distill=<method>`` with ``teacher.checkpoint`` = the teacher's last
+   checkpoint), each evaluated on the synthetic verification sets. The methods are the method files
+   (``conf/distill/*.yaml`` and ``--config-dir``'s ``distill/``); without ``--methods`` those whose
+   file says ``demo: true`` (the rows of the EKD paper's Table 2), in their ``order``;
 4. prints the comparison table (``ekd.report``) and saves it as ``comparison.md`` / ``.png`` / ``.csv``
    / ``.tex`` in the output directory.
 
@@ -27,11 +30,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ekd.config import CONF_DIR, register_configs
-from ekd.report.table import METHOD_ORDER
+from ekd.config import CONF_DIR, list_methods, register_configs
 
-DEMO_METHODS: tuple[str, ...] = tuple(m for m in METHOD_ORDER if m != "teacher")
-STUDENTS: tuple[str, ...] = ("mobilefacenet", "resnet18")
+# --student -> the synthetic-scale student config (conf/student)
+STUDENTS: dict[str, str] = {"mobilefacenet": "tiny_mobilefacenet", "resnet18": "tiny_resnet18"}
 
 # --quick: the same pipeline on a few dozen images, two optimiser steps per run
 QUICK_OVERRIDES: tuple[str, ...] = (
@@ -62,11 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark, then print the comparison table.",
     )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default demo_out/<time>)")
-    parser.add_argument("--student", choices=STUDENTS, default="mobilefacenet", help="student network")
+    parser.add_argument(
+        "--student", choices=sorted(STUDENTS), default="mobilefacenet", help="student network"
+    )
     parser.add_argument(
         "--methods",
-        default=",".join(DEMO_METHODS),
-        help=f"comma-separated rows to train after the teacher (default: all of {','.join(DEMO_METHODS)})",
+        default=None,
+        help="comma-separated method files (distill configs) to train after the teacher "
+        "(default: those marked demo: true, the EKD paper's Table 2 rows)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of extra configs (e.g. its distill/<method>.yaml); repeatable",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 steps per run (for tests)")
@@ -77,12 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _methods(text: str) -> list[str]:
+def select_methods(text: str | None, config_dirs: Sequence[Path]) -> list[str]:
+    """The methods to run: those named in ``text`` (comma-separated), else every ``demo: true`` one."""
+    known = list_methods(config_dirs)
+    if text is None:
+        return [m.name for m in known if m.demo]
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in DEMO_METHODS]
+    unknown = [m for m in methods if m not in {k.name for k in known}]
     if unknown:
-        raise SystemExit(f"ekd-demo: unknown methods {unknown}; known: {', '.join(DEMO_METHODS)}")
+        raise SystemExit(f"ekd-demo: unknown methods {unknown}; known: {', '.join(k.name for k in known)}")
     return methods
+
+
+def search_path_override(config_dirs: Sequence[Path]) -> list[str]:
+    """``hydra.searchpath=[file://...]`` for extra config folders (none: no override)."""
+    if not config_dirs:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in config_dirs) + "]"]
 
 
 def compose_run_config(experiment: str, overrides: Sequence[str]):  # -> DictConfig
@@ -96,7 +119,7 @@ def compose_run_config(experiment: str, overrides: Sequence[str]):  # -> DictCon
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    methods = _methods(args.methods)
+    methods = select_methods(args.methods, args.config_dir)
     from rich.console import Console
 
     from ekd.cli.train import run
@@ -110,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"seed={args.seed}",
         "logger=" + ("wandb" if args.wandb else "csv"),
-        "callbacks.progress_bar=tqdm",
+        "callbacks.progress_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar",
         # the final evaluation of every run makes the in-training verification redundant here
-        "callbacks.verification.enabled=false",
+        "callbacks.verification=null",
+        *search_path_override(args.config_dir),
         *(QUICK_OVERRIDES if args.quick else ()),
         *args.overrides,
     ]
@@ -127,14 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     teacher_dir = out / "teacher"
     teacher_cfg = compose_run_config("synthetic/teacher", common)
     teacher = run(teacher_cfg, teacher_dir, experiment="synthetic/teacher", sweep=out.name)
-    checkpoint = teacher.get("checkpoint") or teacher["backbone_file"]
+    checkpoint = teacher.checkpoint or teacher.backbone_file
+    experiment = "synthetic/student"
     for index, method in enumerate(methods, start=2):
-        experiment = f"synthetic/{args.student}/{method}"
-        stage(index, experiment)
-        overrides = list(common)
-        if method != "none":
-            overrides.append(f"teacher.checkpoint={checkpoint}")
-        run(compose_run_config(experiment, overrides), out / method, experiment=experiment, sweep=out.name)
+        stage(index, f"{experiment} distill={method}")
+        overrides = [*common, f"student={STUDENTS[args.student]}", f"distill={method}"]
+        cfg = compose_run_config(experiment, overrides)
+        if cfg.distill.objectives:
+            cfg.teacher.checkpoint = str(checkpoint)
+        run(cfg, out / method, experiment=experiment, sweep=out.name)
 
     tables = build_tables(collect_results([out]))
     paths = save_tables(tables, out)

@@ -8,7 +8,10 @@ an insightface ``backbone.pth`` / state dict (``--backbone NAME`` required), or 
 ``--allow-missing`` (it is then reported as missing). ``--ijb ROOT --ijb-name IJBC`` adds IJB 1:1.
 
 Prints a table; with ``--output DIR`` writes ``DIR/eval_results.json`` (format ``ekd-eval/1``, metrics
-shaped like the ``metrics`` of ``results.json``) and ``DIR/roc.png``.
+shaped like the ``metrics`` of ``results.json``) and ``DIR/roc.png``. Embedding and scoring are
+``ekd.eval.evaluate.verify_sets``, as in ekd-train: a set whose embeddings are non-finite (a diverged
+model) is reported (``{"accuracy": null, "error": "non-finite embeddings"}``, no mean accuracy) rather
+than aborting the run.
 
 Examples::
 
@@ -91,9 +94,11 @@ def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | Non
     network = (prefix or "student.").rstrip(".")
     if network not in HPARAM_KEYS:
         raise SystemExit(f"ekd-eval: the backbone under prefix {prefix!r} is not recorded by name; {hint}")
+    from ekd.models import CheckpointError, read_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpicklable hyper-parameter types: the name cannot be read safely
+        ckpt = read_checkpoint(path)
+    except (CheckpointError, OSError) as error:  # e.g. untrusted pickled hyper-parameter types
         raise SystemExit(f"ekd-eval: cannot read the backbone name from {path} ({error}); {hint}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
     name_key, kwargs_key, size_key = HPARAM_KEYS[network]
@@ -168,6 +173,24 @@ def collect_bins(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]:
     return found, missing
 
 
+class _BinSets(Mapping):
+    """Set name -> (images, issame) read from its .bin file on access: one set in memory at a time."""
+
+    def __init__(self, paths: Mapping[str, Path]) -> None:
+        self.paths = dict(paths)
+
+    def __getitem__(self, name: str) -> tuple[Any, Any]:
+        from ekd.data.bins import load_bin
+
+        return load_bin(self.paths[name])
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
@@ -185,6 +208,9 @@ def print_table(results: Mapping[str, Any], missing: list[str], ijb: Mapping[str
         for column in ("set", "pairs", "acc %", "± %", "XNorm", "TPR@1e-3 %", "TPR@1e-4 %", "AUC %", "EER %"):
             table.add_column(column, justify="left" if column == "set" else "right")
         for name, res in results.items():
+            if res is None:
+                table.add_row(name, "non-finite embeddings", *["-"] * 7)
+                continue
             table.add_row(
                 name,
                 str(res.num_pairs),
@@ -214,12 +240,10 @@ def print_table(results: Mapping[str, Any], missing: list[str], ijb: Mapping[str
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ekd.data.bins import load_bin
-    from ekd.eval.embed import extract_embeddings
+    from ekd.eval.evaluate import verification_records, verify_sets
     from ekd.eval.ijb import evaluate_ijb
+    from ekd.eval.metrics import downsample_roc
     from ekd.eval.plot import plot_roc
-    from ekd.eval.verification import verify
-    from ekd.report.results import downsample_roc
 
     if args.batch_size < 1:
         raise SystemExit(f"ekd-eval: --batch-size must be >= 1, got {args.batch_size}")
@@ -230,11 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     model, description = load_model(args, device)
 
     start = time.perf_counter()
-    results = {}
-    for name, path in bins.items():
-        images, issame = load_bin(path)
-        emb = extract_embeddings(model, images, batch_size=args.batch_size, flip=not args.no_flip)
-        results[name] = verify(emb.embeddings, issame, n_folds=args.n_folds, xnorm=emb.xnorm)
+    # a set with non-finite embeddings gives None (and a warning): reported, the others still evaluated
+    results = verify_sets(model, _BinSets(bins), args.batch_size, flip=not args.no_flip, n_folds=args.n_folds)
     ijb = None
     if args.ijb is not None:
         ijb = evaluate_ijb(
@@ -252,19 +273,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is not None:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        accuracies = [r.accuracy for r in results.values()]
+        records, rocs = verification_records(results, roc_points=200)
+        accuracies = [r.accuracy for r in results.values() if r is not None]
+        # no mean over a subset: a failed set would silently raise or lower it
+        complete = bool(accuracies) and len(accuracies) == len(results)
         data = {
             "format": FORMAT,
             "model": description,
             "flip": not args.no_flip,
-            "metrics": {name: res.to_dict() for name, res in results.items()},
-            "mean_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
+            "metrics": records,
+            "mean_accuracy": sum(accuracies) / len(accuracies) if complete else None,
             "missing": missing,
             "ijb": None if ijb is None else ijb.to_dict(),
-            "roc": {name: downsample_roc(r.roc_fpr, r.roc_tpr, 200) for name, r in results.items()},
+            "roc": rocs,
             "wall_time_s": elapsed,
         }
-        curves = {name: (r.roc_fpr, r.roc_tpr) for name, r in results.items()}
+        curves = {name: (r.roc_fpr, r.roc_tpr) for name, r in results.items() if r is not None}
         if ijb is not None:
             data["roc"][ijb.name] = downsample_roc(ijb.roc_fpr, ijb.roc_tpr, 200)
             curves[ijb.name] = (ijb.roc_fpr, ijb.roc_tpr)

@@ -7,7 +7,9 @@ anything) registers, once per process:
 - every ``experiments/**/*.yaml`` of the source tree as the config group ``experiment`` (see
   :func:`register_experiments` for why this is done here rather than through ``hydra.searchpath``);
 - the OmegaConf resolver ``${ekd.uid:}``, a short per-process id that keeps output directories of
-  jobs started in the same second apart.
+  jobs started in the same second apart;
+
+and imports the ``ekd.plugins`` entry points of installed packages (:mod:`ekd.plugins`).
 """
 
 from __future__ import annotations
@@ -20,55 +22,50 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ekd.config.paths import CONF_DIR, EXPERIMENTS_DIR, SOURCE_ROOT
 from ekd.config.schema import (
     BackboneConfig,
     BenchmarkConfig,
-    CallbacksConfig,
     DataConfig,
-    DataSource,
     DistillConfig,
     EvalConfig,
     HeadConfig,
-    LoggerConfig,
-    Nonfinite,
-    ProgressBar,
-    Sampler,
     TrainConfig,
     TrainerConfig,
 )
+from ekd.plugins import load_entry_point_plugins
 
 __all__ = [
     "BackboneConfig",
     "BenchmarkConfig",
-    "CallbacksConfig",
     "CONF_DIR",
     "ConfigError",
     "DataConfig",
-    "DataSource",
     "DistillConfig",
     "EXPERIMENTS_DIR",
     "EvalConfig",
     "HeadConfig",
-    "LoggerConfig",
-    "Nonfinite",
-    "ProgressBar",
-    "Sampler",
     "TrainConfig",
     "TrainerConfig",
+    "MethodInfo",
+    "check_config",
+    "list_methods",
+    "instantiate_entries",
+    "uses_teacher",
     "validate_config",
     "register_configs",
     "register_experiments",
     "run_uid",
 ]
 
-# The Hydra configs live next to the package in the source tree (``pip install -e .``, the documented
-# install): conf/ holds the config groups, experiments/ one file per reported number.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_ROOT / "conf"
-EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+# conf/ holds the config groups, experiments/ one file per reported number: the repository's folders in a
+# source checkout, the copies packaged into the wheel otherwise (ekd.config.paths). REPO_ROOT is None
+# outside a checkout.
+REPO_ROOT = SOURCE_ROOT
 
 # Chosen once per process: a job's directory name must not change between the moments Hydra resolves it.
 _RUN_UID = f"{os.getpid() % 0x10000:04x}{secrets.token_hex(2)}"
@@ -144,6 +141,95 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("unknown configuration keys: " + "; ".join(unknown))
 
 
+def uses_teacher(cfg: DictConfig) -> bool:
+    """True when the run distills (``distill.objectives`` is not empty)."""
+    return bool(cfg.distill.objectives)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, naming the key, on unknown keys, missing mandatory values and inconsistent choices."""
+    validate_config(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not uses_teacher(cfg):
+        missing = [key for key in missing if not key.startswith("teacher.")]
+    if missing:
+        hints = ", ".join(f"{key}=..." for key in missing)
+        raise ConfigError(
+            f"missing mandatory values: {', '.join(missing)}; give them on the command line ({hints})"
+        )
+    if uses_teacher(cfg) and cfg.teacher is None:
+        raise ConfigError(
+            f"distill={cfg.distill.method} has objectives {sorted(cfg.distill.objectives)} but no teacher is "
+            "configured: add teacher=<name> (conf/teacher) and teacher.checkpoint=<file>"
+        )
+    if uses_teacher(cfg) and not cfg.teacher.checkpoint:
+        raise ConfigError(
+            f"teacher.checkpoint is not set: distill={cfg.distill.method} needs the trained weights of the "
+            f"{cfg.teacher.name} teacher (teacher.checkpoint=<backbone.pth or last.ckpt>)"
+        )
+    if cfg.data.source != "synthetic" and not cfg.data.root:
+        raise ConfigError(
+            f"data.root is not set: data={cfg.data.name} reads {cfg.data.source} data from a "
+            "directory (data.root=<directory>; see the layout in conf/data/)"
+        )
+    for key, spec in cfg.distill.objectives.items():
+        if not OmegaConf.is_dict(spec):
+            raise ConfigError(
+                f"distill.objectives.{key} must be a mapping {{weight: w, <hyper-parameters>}}, got {spec!r}"
+            )
+
+
+def instantiate_entries(nodes: Mapping[str, Any] | None, key: str) -> list[Any]:
+    """One object per ``{name: {_target_: ..., **arguments}}`` entry (null entries left out)."""
+    objects = []
+    for name, node in (nodes or {}).items():
+        if node is None:
+            continue
+        if not OmegaConf.is_dict(node) or "_target_" not in node:
+            raise ConfigError(
+                f"{key}.{name} must be a mapping with a _target_ (the class to build), got {node!r}"
+            )
+        try:
+            objects.append(hydra.utils.instantiate(node, _convert_="all"))
+        except Exception as error:  # hydra's InstantiationException: name the entry first
+            raise ConfigError(f"{key}.{name}: cannot build {node._target_}: {error}") from error
+    return objects
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    """What a method file (``distill/<name>.yaml``) says about its row; ``name`` is the file's stem."""
+
+    name: str
+    label: str
+    order: float
+    demo: bool
+    paper_row: str | None
+    path: Path
+
+
+def list_methods(config_dirs: list[Path] | tuple[Path, ...] = ()) -> list[MethodInfo]:
+    """Every method file of ``conf/distill`` and of ``config_dirs``' ``distill/`` folders (a user's
+    methods; a later folder's file replaces an earlier one of the same name), sorted by ``order``.
+
+    The files are read as the typed schema reads them (:class:`DistillConfig` defaults filled in), so an
+    unknown key or a value of the wrong type names the file.
+    """
+    found: dict[str, Path] = {}
+    for directory in (CONF_DIR, *map(Path, config_dirs)):
+        for path in sorted((directory / "distill").glob("*.yaml")):
+            found[path.stem] = path
+    methods = []
+    for name, path in found.items():
+        try:
+            node = OmegaConf.merge(OmegaConf.structured(DistillConfig), OmegaConf.load(path))
+            info = MethodInfo(name, str(node.label), float(node.order), bool(node.demo), node.paper_row, path)
+        except Exception as error:  # OmegaConf's message names the key; add the file
+            raise ConfigError(f"method file {path}: {error}") from error
+        methods.append(info)
+    return sorted(methods, key=lambda m: (m.order, m.name))
+
+
 _registered = False
 
 
@@ -155,6 +241,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig, provider="ekd")
     register_experiments()
+    load_entry_point_plugins()
     if not OmegaConf.has_resolver("ekd.uid"):
         OmegaConf.register_new_resolver("ekd.uid", run_uid)
     _registered = True

@@ -3,24 +3,32 @@
 ``TrainConfig`` is the base of the primary config ``conf/train.yaml``: every YAML group file and every
 command-line override is merged into it, so an unknown key (``trainer.max_epoch=3``) or a value of the
 wrong type or outside a closed set (``data.sampler=ekdd``) fails at composition time with OmegaConf's
-message naming the full key and the expected type / choices.
+message naming the full key and the expected type / choices. Closed choices are the enums of
+:mod:`ekd.choices` (declared once, also checked at run time by the parts that use them).
+
+Each section is handed whole to the part it configures, which takes it under the same name:
+
+- ``data`` -> ``hydra.utils.instantiate`` (its ``_target_``: ``ekd.data.FaceDataModule``);
+- ``student``, ``teacher``, ``head``, ``distill``, ``optim``, ``schedule`` and the other keys named
+  like a constructor argument -> the Lightning module (``ekd.lit.build_module``);
+- ``trainer`` -> ``pytorch_lightning.Trainer`` (its ``_target_``);
+- ``callbacks`` / ``logger`` -> one object per entry with a ``_target_`` (add EarlyStopping, a second
+  ModelCheckpoint or another logger in YAML; an entry set to null is left out).
 
 Free-form mappings are kept where the keys depend on a registry entry (backbone, head and objective
-hyper-parameters, the synthetic benchmark's options); those are checked by name when the parts are
-built (``ekd.cli.train``), so a typo there also fails before training starts.
-
-The optimiser and schedule schemas are ``ekd.lit.optim.OptimConfig`` / ``ScheduleConfig`` (one
-definition, shared with the training modules).
+hyper-parameters) or on a third-party class (callbacks, loggers); those are checked by name when the
+parts are built, before training starts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional  # noqa: UP035  (OmegaConf resolves these annotations at runtime)
 
 from omegaconf import MISSING
 
+from ekd.choices import Nonfinite, Sampler, StudentHeadInit, TeacherCentres
+from ekd.data.synthetic import SyntheticConfig
 from ekd.lit.optim import OptimConfig, ScheduleConfig
 
 # OmegaConf 2.3 reads the annotations with ``typing.get_type_hints``; ``Optional[X]`` and ``dict``/``list``
@@ -28,41 +36,13 @@ from ekd.lit.optim import OptimConfig, ScheduleConfig
 # ruff: noqa: UP007, UP045
 
 
-class DataSource(str, Enum):
-    """Where the training images come from (see ``ekd.data.FaceDataModule``)."""
-
-    synthetic = "synthetic"
-    rec = "rec"
-    folder = "folder"
-
-
-class Sampler(str, Enum):
-    """Batch composition: uniform, EKD's general + identity-balanced parts, or P identities x K images."""
-
-    random = "random"
-    ekd = "ekd"
-    pk = "pk"
-
-
-class Nonfinite(str, Enum):
-    """What the training module does with a non-finite loss: stop the run, or skip the step."""
-
-    stop = "stop"
-    skip = "skip"
-
-
-class ProgressBar(str, Enum):
-    rich = "rich"
-    tqdm = "tqdm"
-    none = "none"
-
-
 @dataclass
 class DataConfig:
-    """Training data and verification sets (arguments of ``ekd.data.FaceDataModule``)."""
+    """Training data and verification sets: the arguments of ``ekd.data.FaceDataModule`` (+ ``seed``)."""
 
+    _target_: str = "ekd.data.FaceDataModule"
     name: str = MISSING  # dataset label used in run names and tables: ms1mv2, synthetic, ...
-    source: DataSource = MISSING
+    source: str = MISSING  # a data source of the registry (ekd.data.DATA_SOURCES): synthetic, rec, folder
     root: Optional[str] = None  # directory of the .rec/.idx/property (+ .bin) files, or an image folder
     val_sets: Optional[list[str]] = None  # verification sets; None = the datamodule's defaults
     sampler: Sampler = Sampler.random
@@ -74,7 +54,7 @@ class DataConfig:
     num_workers: int = 2
     pin_memory: bool = True
     persistent_workers: bool = True
-    synthetic: Optional[dict[str, Any]] = None  # options of the synthetic benchmark (source=synthetic)
+    synthetic: Optional[SyntheticConfig] = None  # the synthetic benchmark's generator (source=synthetic)
 
 
 @dataclass
@@ -100,24 +80,36 @@ class HeadConfig:
 
 @dataclass
 class DistillConfig:
-    """Distillation objectives; ``method: none`` (no objectives) trains with the recognition loss only."""
+    """A method: one row of the comparison (conf/distill/<method>.yaml is one method file).
 
-    method: str = "none"  # label of the row in tables: none, kd, rkd, ekd, kd_rkd, ...
+    ``objectives`` are the weighted distillation losses (empty: the "no KD" row, recognition loss only);
+    ``label``, ``order``, ``paper_row`` and ``demo`` say how the row appears in ``ekd-table`` (and are
+    recorded in ``results.json``, so the table never needs the code that defined the method) and
+    whether ``ekd-demo`` runs it by default.
+    """
+
+    method: str = "none"  # the row's key: none, kd, rkd, ekd, kd_rkd, sp_tface, ...
+    label: str = "${.method}"  # the row's name in tables
+    order: float = 1000.0  # rows are sorted by it (the EKD paper's Table 2 order for its methods)
+    paper_row: Optional[str] = None  # the row of ekd/report/paper_tables.csv (table2) it reproduces
+    demo: bool = False  # ekd-demo runs it when --methods is not given
     objectives: dict[str, Any] = field(default_factory=dict)  # name -> {weight: w, **hparams}
-    teacher_centres: str = "auto"
+    teacher_centres: TeacherCentres = TeacherCentres.auto
     prototype_cache: Optional[str] = None
     # folder written by ``ekd-cache build`` (same teacher file and training set): the teacher's embeddings
     # are read from it instead of computed, unless an objective needs its stage feature maps
     teacher_cache: Optional[str] = None
     teacher_logit_scale: float = 64.0
-    student_head_init: str = "none"
+    student_head_init: StudentHeadInit = StudentHeadInit.none
     save_teacher: bool = False
 
 
 @dataclass
 class TrainerConfig:
-    """Arguments of ``pytorch_lightning.Trainer`` (``use_distributed_sampler`` is always False)."""
+    """Arguments of ``pytorch_lightning.Trainer``; the run adds ``logger``, ``callbacks``,
+    ``default_root_dir`` and ``use_distributed_sampler=False`` (the datamodule's samplers shard)."""
 
+    _target_: str = "pytorch_lightning.Trainer"
     accelerator: str = "auto"
     devices: Any = "auto"  # int, list of ids or "auto"
     strategy: str = "auto"
@@ -138,63 +130,6 @@ class TrainerConfig:
     benchmark: Optional[bool] = None
     sync_batchnorm: bool = False
     enable_model_summary: bool = True
-
-
-@dataclass
-class WandbConfig:
-    enabled: bool = False
-    project: str = "ekd"
-    entity: Optional[str] = None
-    # W&B mode used when the environment does not set WANDB_MODE: offline never needs a network;
-    # ``wandb sync <run dir>`` uploads later.
-    mode: str = "offline"
-    group: Optional[str] = None  # None: the sweep directory's name (multirun) or the experiment name
-    tags: list[str] = field(default_factory=list)  # added to the automatic method/student/teacher tags
-    log_model: bool = False
-
-
-@dataclass
-class CsvLoggerConfig:
-    enabled: bool = False
-
-
-@dataclass
-class TensorBoardConfig:
-    enabled: bool = False
-
-
-@dataclass
-class LoggerConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    csv: CsvLoggerConfig = field(default_factory=CsvLoggerConfig)
-    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
-
-
-@dataclass
-class CheckpointConfig:
-    enabled: bool = True
-    save_last: bool = True
-    every_n_epochs: Optional[int] = 1
-    every_n_train_steps: Optional[int] = None
-
-
-@dataclass
-class VerificationConfig:
-    """Verification during training (``ekd.eval.VerificationCallback``)."""
-
-    enabled: bool = True
-    sets: Optional[list[str]] = None  # None: the datamodule's verification sets
-    every_n_epochs: Optional[int] = 1
-    every_n_steps: Optional[int] = None
-    kwargs: dict[str, Any] = field(default_factory=dict)  # further callback options (batch size, ...)
-
-
-@dataclass
-class CallbacksConfig:
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    verification: VerificationConfig = field(default_factory=VerificationConfig)
-    lr_monitor: bool = True
-    progress_bar: ProgressBar = ProgressBar.rich
 
 
 @dataclass
@@ -224,9 +159,18 @@ class BenchmarkConfig:
 class TrainConfig:
     """The whole ``ekd-train`` configuration (base of ``conf/train.yaml``)."""
 
-    # row label in results tables: ``${distill.method}`` unless an experiment says otherwise ("teacher")
+    # the table row: the method's unless an experiment says otherwise (the "teacher" row)
     method: str = "${distill.method}"
+    label: str = "${distill.label}"
+    order: float = "${distill.order}"  # type: ignore[assignment]  # an interpolation, resolved to a float
+    paper_row: Optional[str] = "${distill.paper_row}"
     seed: int = 0
+    # modules imported before anything is built: a user's objectives, backbones or data sources register
+    # themselves on import (installed packages can use the ``ekd.plugins`` entry-point group instead)
+    imports: list[str] = field(default_factory=list)
+    # set by the run, read by callbacks and loggers through ${output_dir} / ${run_group}
+    output_dir: Optional[str] = None
+    run_group: Optional[str] = None  # the sweep directory's name (multirun) or the experiment's
     data: DataConfig = field(default_factory=DataConfig)
     student: BackboneConfig = field(default_factory=BackboneConfig)  # the network being trained
     teacher: Optional[BackboneConfig] = None  # required when distill.objectives is not empty
@@ -235,8 +179,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    # name -> {_target_: <class>, **arguments}; null entries are left out (conf/logger, conf/callbacks)
+    logger: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     # recognition loss only on the first rows of each batch (EKD: the general part); None = all rows

@@ -1,5 +1,11 @@
-"""``FaceDataModule``: training images (synthetic benchmark, insightface RecordIO or an image folder),
-a batch sampler (plain, EKD general + balanced, P x K) and the verification ``.bin`` sets.
+"""``FaceDataModule``: training images from a registered data source (``ekd.data.sources``: synthetic
+benchmark, insightface RecordIO, image folder, or a user's), a batch sampler (plain, EKD general +
+balanced, P x K), the verification ``.bin`` sets, and teacher embeddings served from an attached cache.
+
+Training batches follow the batch contract of ``ekd/data/batch.py``: :class:`~ekd.data.batch.FaceBatch`
+with ``indices`` and ``flipped`` always filled and ``teacher_embedding`` filled while a teacher
+embedding cache is attached (:meth:`FaceDataModule.attach_teacher_cache`; ``ekd.distill.callbacks.
+TeacherCacheCallback`` attaches the cache of a DistillationModule for the length of a fit).
 
 The samplers shard the data by rank themselves, so the Trainer must be built with
 ``Trainer(use_distributed_sampler=False)``; otherwise Lightning would wrap them a second time.
@@ -7,9 +13,8 @@ The samplers shard the data by rank themselves, so the Trainer must be built wit
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +22,47 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ekd.data.bins import KNOWN_BIN_SETS, load_bin
-from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset
+from ekd.data.batch import FaceBatch, IndexedDataset, TeacherEmbeddings, collate_face_batch
+from ekd.data.bins import load_bin
 from ekd.data.errors import DataError
-from ekd.data.fingerprint import dataset_fingerprint
+from ekd.data.fingerprint import cache_unusable_reason, dataset_fingerprint
 from ekd.data.samplers import EKDBatchSampler, PKBatchSampler, RandomBatchSampler
-from ekd.data.synthetic import GENERATOR_VERSION, VERIFICATION_SETS, SyntheticConfig, write_synthetic
+from ekd.data.sources import DataSource, SyntheticSource, create_data_source
+from ekd.data.synthetic import SyntheticConfig
+from ekd.registry import RegistryError
 
-SOURCES = ("synthetic", "rec", "folder")
+# a closed choice: each sampler needs its own arguments (general / identities / images_per_identity)
 SAMPLERS = ("random", "ekd", "pk")
 
-
-def default_synthetic_root(config: SyntheticConfig) -> Path:
-    """Cache folder of a generated benchmark: ``$EKD_DATA_DIR`` (default ``~/.cache/ekd``)/synthetic-<hash>
-    of the generator arguments."""
-    key = json.dumps({"v": GENERATOR_VERSION, **config.__dict__}, sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return Path(os.environ.get("EKD_DATA_DIR", "~/.cache/ekd")).expanduser() / f"synthetic-{digest}"
+log = logging.getLogger(__name__)
 
 
 class FaceDataModule(pl.LightningDataModule):
     """Face training data and verification sets for Lightning.
 
     Args:
-        source: "synthetic" (generated into ``root`` when it lacks train.rec), "rec" (insightface
-            train.rec/.idx/property in ``root``) or "folder" (one sub-folder of images per identity).
+        source: a registered data source (``ekd.data.DATA_SOURCES``): "synthetic" (generated into
+            ``root`` when it lacks train.rec), "rec" (insightface train.rec/.idx/property in ``root``),
+            "folder" (one sub-folder of images per identity) or one registered by the user.
         root: data folder; for "synthetic" it defaults to a cache folder keyed by the generator args.
         val_sets: verification sets: paths of .bin files, or names resolved as ``root/<name>.bin``.
-            Default: the synthetic sets for "synthetic", otherwise the known sets (lfw, cfp_fp, ...)
-            present in ``root``.
+            Default: the source's default sets (the synthetic sets for "synthetic", otherwise the known
+            sets (lfw, cfp_fp, ...) present in ``root``).
         sampler: "random" (``batch_size`` shuffled images), "ekd" (``general`` uniform images followed
             by ``identities x images_per_identity`` balanced ones) or "pk" (``identities x
             images_per_identity``). Batch sizes are per device.
         flip: random horizontal flips of training images, decided by the sampler (a function of seed,
             epoch, rank and batch, so resumed runs and any number of workers see the same flips).
-        return_index: training batches are ``(images, labels, indices, flipped)`` instead of
-            ``(images, labels)`` (indices into ``dataset``; used by the teacher embedding cache).
         num_workers, pin_memory, persistent_workers: DataLoader settings (persistent workers only
             when ``num_workers > 0``).
         seed: sampler seed (batches depend on seed, epoch, rank and world size only).
-        synthetic: arguments of :class:`ekd.data.synthetic.SyntheticConfig` (identities,
-            images_per_identity, pairs, heldout_identities, seed, difficulty, quality).
+        synthetic: for source "synthetic": a :class:`ekd.data.synthetic.SyntheticConfig` or a mapping of
+            its fields (identities, images_per_identity, pairs, heldout_identities, seed, difficulty,
+            quality); an unknown key is an error naming it.
+        source_options: further keyword arguments of the source's factory (checked against it).
+
+    Training batches are :class:`~ekd.data.batch.FaceBatch` (``indices``, ``flipped`` always filled,
+    ``teacher_embedding`` while a cache is attached: :meth:`attach_teacher_cache`).
 
     Use with ``Trainer(use_distributed_sampler=False)``: the samplers already shard by rank. The
     module's ``state_dict`` (saved in Lightning checkpoints) holds the sampler position, so a run
@@ -79,12 +84,10 @@ class FaceDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         seed: int = 0,
-        synthetic: dict[str, Any] | None = None,
-        return_index: bool = False,
+        synthetic: SyntheticConfig | Mapping[str, Any] | None = None,
+        source_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise DataError(f"FaceDataModule source={source!r}: expected one of {', '.join(SOURCES)}")
         if sampler not in SAMPLERS:
             raise DataError(f"FaceDataModule sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
         for name, value in (("batch_size", batch_size), ("general", general), ("identities", identities),
@@ -93,24 +96,21 @@ class FaceDataModule(pl.LightningDataModule):
                 raise DataError(f"FaceDataModule {name}={value!r}: expected a positive integer")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise DataError(f"FaceDataModule num_workers={num_workers!r}: expected an integer >= 0")
-        self.synthetic_config: SyntheticConfig | None = None
-        if source == "synthetic":
-            try:
-                self.synthetic_config = SyntheticConfig(**dict(synthetic or {}))
-            except TypeError as err:
-                known = ", ".join(SyntheticConfig.__dataclass_fields__)
-                raise DataError(
-                    f"FaceDataModule synthetic={synthetic!r}: {err}; known keys: {known}"
-                ) from None
-            self.synthetic_config.validate()
-            if root is None:
-                root = str(default_synthetic_root(self.synthetic_config))
-        elif synthetic:
-            raise DataError(f"FaceDataModule: synthetic={synthetic!r} given but source={source!r}")
-        if root is None:
-            raise DataError(f"FaceDataModule source={source!r} needs root (the data folder)")
+        options = dict(source_options or {})
+        if synthetic is not None and (source != "synthetic" or "config" in options):
+            where = f"source={source!r}" if source != "synthetic" else "source_options['config'] too"
+            raise DataError(f"FaceDataModule: synthetic={synthetic!r} given but {where}")
+        if synthetic is not None:
+            options["config"] = synthetic
+        try:
+            self.data_source: DataSource = create_data_source(source, root=root, **options)
+        except (RegistryError, DataError) as err:  # an unknown source or option lists the known ones
+            raise DataError(f"FaceDataModule source={source!r}: {err}") from None
+        self.synthetic_config: SyntheticConfig | None = (
+            self.data_source.config if isinstance(self.data_source, SyntheticSource) else None
+        )
         self.source = source
-        self.root = Path(root)
+        self.root = self.data_source.root
         self.val_set_specs = list(val_sets) if val_sets is not None else None
         self.sampler_name = sampler
         self.batch_size = batch_size
@@ -122,45 +122,34 @@ class FaceDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.seed = seed
-        self._return_index = bool(return_index)
-        self._dataset: FaceRecordDataset | FaceFolderDataset | None = None
+        self._dataset: Dataset | None = None
         self._fingerprint: str | None = None
         self._sampler: RandomBatchSampler | EKDBatchSampler | PKBatchSampler | None = None
         self._pending_state: dict[str, Any] | None = None
         self._verification: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._teacher_cache: TeacherEmbeddings | None = None
+        # whether the current (or last) fit read teacher embeddings from a cache: results.json reports it
+        self.teacher_cache_used = False
 
     # -- preparation --------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Generate the synthetic benchmark into ``root`` if it lacks train.rec (rank 0 under Lightning)."""
-        if self.source != "synthetic":
-            return
-        assert self.synthetic_config is not None
-        meta_path = self.root / "synthetic.json"
-        if (self.root / "train.rec").is_file():
-            if meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
-                wanted = {"generator_version": GENERATOR_VERSION, **self.synthetic_config.__dict__}
-                diff = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
-                if diff:
-                    raise DataError(
-                        f"{meta_path}: the synthetic data in {self.root} was generated with other arguments "
-                        f"(found vs requested: {diff}); use another root or delete that folder"
-                    )
-            return
-        write_synthetic(self.root, self.synthetic_config)
+        """Download / generate the data source's files (synthetic: when ``root`` lacks train.rec); rank 0
+        only under Lightning."""
+        self.data_source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":
+            self.teacher_cache_used = False  # set again when this fit attaches a cache
         self.dataset  # noqa: B018 - builds (and validates) the training set early
 
     @property
     def dataset(self) -> Dataset:
         """The training dataset (built on first use; generates synthetic data if needed)."""
         if self._dataset is None:
-            if self.source == "synthetic" and not (self.root / "train.rec").is_file():
-                self.prepare_data()
-            kind = FaceFolderDataset if self.source == "folder" else FaceRecordDataset
-            self._dataset = kind(self.root, flip=self.flip, return_index=self._return_index)
+            if not self.data_source.ready():
+                self.data_source.prepare()
+            self._dataset = self.data_source.build_dataset(flip=self.flip)
         return self._dataset
 
     def fingerprint(self) -> str:
@@ -172,18 +161,6 @@ class FaceDataModule(pl.LightningDataModule):
         if self._fingerprint is None:
             self._fingerprint = dataset_fingerprint(self.dataset)
         return self._fingerprint
-
-    @property
-    def return_index(self) -> bool:
-        """Whether training batches carry ``(indices, flipped)`` after ``(images, labels)``."""
-        return self._return_index
-
-    @return_index.setter
-    def return_index(self, value: bool) -> None:
-        # settable until the loader's workers start (they receive a copy of the dataset)
-        self._return_index = bool(value)
-        if self._dataset is not None:
-            self._dataset.return_index = self._return_index
 
     @property
     def num_classes(self) -> int:
@@ -213,8 +190,9 @@ class FaceDataModule(pl.LightningDataModule):
         return RandomBatchSampler(labels, self.batch_size, drop_last=True, seed=self.seed, flip=flip)
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of ``(float images N x 3 x 112 x 112, int64 labels)`` (+ ``(int64 indices, bool flipped)``
-        with ``return_index``)."""
+        """:class:`~ekd.data.batch.FaceBatch` batches: float images N x 3 x 112 x 112, int64 labels, int64
+        indices into :attr:`dataset`, bool flipped (``teacher_embedding`` is added on the main process
+        before the transfer to the device, see :meth:`add_teacher_embeddings`)."""
         sampler = self.build_sampler()
         if self._pending_state is not None:
             sampler.load_state_dict(self._pending_state)
@@ -222,8 +200,9 @@ class FaceDataModule(pl.LightningDataModule):
         self._sampler = sampler
         workers = self.num_workers
         return DataLoader(
-            self.dataset,
+            IndexedDataset(self.dataset),
             batch_sampler=sampler,
+            collate_fn=collate_face_batch,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
@@ -255,16 +234,68 @@ class FaceDataModule(pl.LightningDataModule):
         else:
             self._pending_state = dict(state)
 
+    # -- teacher embedding cache -------------------------------------------------------------------
+
+    def attach_teacher_cache(self, cache: TeacherEmbeddings) -> bool:
+        """Fill ``FaceBatch.teacher_embedding`` of training batches from ``cache`` (until detached).
+
+        Returns False, with a log line saying why, when the training data cannot be served from a cache
+        (a transform beyond the flip, no dataset fingerprint): the teacher then runs online. Raises
+        (``TeacherCacheMismatchError``) when the cache was built for another dataset.
+        """
+        dataset = self.dataset
+        reason = cache_unusable_reason(dataset)
+        if reason is not None:
+            log.warning("teacher cache %s not used: %s; the teacher runs online", cache.directory, reason)
+            self.detach_teacher_cache()
+            return False
+        cache.verify_dataset(dataset)
+        self._teacher_cache = cache
+        self.teacher_cache_used = True
+        log.info("teacher cache %s: teacher embeddings are read from the cache", cache.directory)
+        return True
+
+    def detach_teacher_cache(self) -> None:
+        """Stop serving teacher embeddings (``teacher_cache_used`` keeps recording the fit that used one)."""
+        self._teacher_cache = None
+
+    @property
+    def teacher_cache(self) -> TeacherEmbeddings | None:
+        """The attached teacher embedding cache, or None."""
+        return self._teacher_cache
+
+    @property
+    def teacher_cache_active(self) -> bool:
+        """Whether training batches carry ``teacher_embedding`` now (a cache is attached)."""
+        return self._teacher_cache is not None
+
+    def add_teacher_embeddings(self, batch: Any) -> Any:
+        """``batch`` with ``teacher_embedding`` looked up in the attached cache (a FaceBatch with indices).
+
+        Runs in the main process on CPU tensors (memory-mapped reads of the rows the batch touches);
+        also checks the batch labels against the cached ones, a cheap guard against foreign indices.
+        """
+        cache = self._teacher_cache
+        if cache is None or not isinstance(batch, FaceBatch) or batch.indices is None:
+            return batch
+        if batch.teacher_embedding is None:
+            if batch.flipped is None:
+                raise DataError("a FaceBatch with indices but no flipped flags cannot be served from a cache")
+            cache.check_labels(batch.indices, batch.labels)
+            batch.teacher_embedding = cache.lookup(batch.indices, batch.flipped)
+        return batch
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # before the device transfer: the look-up reads CPU memory maps and the result moves with the batch
+        return self.add_teacher_embeddings(batch)
+
     # -- verification sets ---------------------------------------------------------------------------
 
     def verification_paths(self) -> dict[str, Path]:
         """Name -> .bin path of each verification set."""
         specs = self.val_set_specs
         if specs is None:
-            if self.source == "synthetic":
-                specs = [f"synth_{kind}" for kind in VERIFICATION_SETS]
-            else:
-                specs = [name for name in KNOWN_BIN_SETS if (self.root / f"{name}.bin").is_file()]
+            specs = self.data_source.default_val_sets()
         paths: dict[str, Path] = {}
         for spec in specs:
             candidate = Path(spec)
@@ -279,7 +310,7 @@ class FaceDataModule(pl.LightningDataModule):
     def verification_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Name -> ``(uint8 images 2N x 3 x 112 x 112, bool issame N)``; loaded once and cached."""
         if self._verification is None:
-            if self.source == "synthetic" and not (self.root / "train.rec").is_file():
-                self.prepare_data()
+            if not self.data_source.ready():
+                self.data_source.prepare()
             self._verification = {name: load_bin(path) for name, path in self.verification_paths().items()}
         return self._verification

@@ -5,9 +5,9 @@ expose ``labels`` (numpy int64, known without decoding any image) and ``num_clas
 their batches from ``labels``.
 
 A sample key is an index (random flip with probability 0.5 when ``flip``) or an ``(index, flip)`` pair
-whose flip decision is taken as given (the samplers' ``flip=True`` mode). With ``return_index`` the
-samples are ``(image, label, index, flipped)``: what the teacher embedding cache needs to look up the
-teacher's embedding of exactly the image the student sees.
+whose flip decision is taken as given (the samplers' ``flip=True`` mode), so that the datamodule knows
+which image each batch row is (``FaceBatch.indices`` / ``flipped``, ``ekd/data/batch.py``): what the
+teacher embedding cache needs to look up the teacher's embedding of exactly the image the student sees.
 
 A RecordIO root holds ``train.rec``, ``train.idx`` and ``property`` ("num_classes,112,112"), as
 insightface's ``MXFaceDataset`` expects. :func:`pack_folder` writes exactly that from a folder with
@@ -81,7 +81,6 @@ class FaceRecordDataset(Dataset):
         transform: optional callable applied to the normalised float image (after the flip).
         flip: random horizontal flip with probability 0.5 (the only augmentation of the recipes) of
             samples asked for by a plain index.
-        return_index: yield ``(image, label, index, flipped)`` instead of ``(image, label)``.
 
     ``labels`` come from the identity records of an insightface header (checked against the first
     image header of each identity) or, for im2rec files without header, from reading only the record
@@ -93,12 +92,10 @@ class FaceRecordDataset(Dataset):
         root: str | os.PathLike,
         transform: Transform | None = None,
         flip: bool = True,
-        return_index: bool = False,
     ) -> None:
         self.root = Path(root)
         self.transform = transform
         self.flip = flip
-        self.return_index = return_index
         rec_path = self.root / "train.rec"
         if not rec_path.is_file():
             raise RecordIOError(
@@ -180,7 +177,7 @@ class FaceRecordDataset(Dataset):
         header, data = unpack_payload(payload, where)
         return decode_image(data, where), int(first_label(header))
 
-    def __getitem__(self, key: SampleKey) -> tuple:
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
         index, flipped = split_key(key, self.flip)
         image, label = self.read_uint8(index)
         if not 0 <= label < self.num_classes:
@@ -189,7 +186,7 @@ class FaceRecordDataset(Dataset):
                 f"{self.num_classes}"
             )
         out = _finish_sample(image, flipped, self.transform)
-        return (out, label, index, flipped) if self.return_index else (out, label)
+        return out, label
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -231,12 +228,10 @@ class FaceFolderDataset(Dataset):
         root: str | os.PathLike,
         transform: Transform | None = None,
         flip: bool = True,
-        return_index: bool = False,
     ) -> None:
         self.root = Path(root)
         self.transform = transform
         self.flip = flip
-        self.return_index = return_index
         self.classes, self.samples = scan_image_folder(self.root)
         self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
         self.num_classes = len(self.classes)
@@ -244,11 +239,11 @@ class FaceFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: SampleKey) -> tuple:
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
         index, flipped = split_key(key, self.flip)
         path, label = self.samples[index]
         out = _finish_sample(load_image_file(path), flipped, self.transform)
-        return (out, label, index, flipped) if self.return_index else (out, label)
+        return out, label
 
 
 def write_face_records(

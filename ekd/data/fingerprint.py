@@ -12,6 +12,10 @@ embedding cache (``ekd.distill.cache``) and the teacher class prototypes (``prot
 
 Image bytes are not hashed (hundreds of GB): an edit that keeps every record's offset and label, or
 every file name, goes unnoticed. Other datasets have no fingerprint (:class:`~ekd.data.errors.DataError`).
+
+:func:`cache_unusable_reason` says whether per-image values computed once (the teacher embedding
+cache) can stand in for a dataset's samples; it lives here, on the data side, because the datamodule
+decides whether it serves cached teacher embeddings (``ekd.data.FaceDataModule.attach_teacher_cache``).
 """
 
 from __future__ import annotations
@@ -51,3 +55,22 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         f"{type(dataset).__name__} has no dataset fingerprint: only FaceRecordDataset and FaceFolderDataset "
         "(the training sets ekd reads from disk) have one"
     )
+
+
+def cache_unusable_reason(dataset: Dataset) -> str | None:
+    """Why cached teacher embeddings cannot stand in for the online teacher on ``dataset`` (None: they can).
+
+    The cache holds the teacher's embeddings of each image as stored and mirrored, so any augmentation
+    beyond the horizontal flip would give the student an image the cache does not know; and the cache is
+    keyed by the dataset fingerprint, so a dataset without one cannot be matched to a cache.
+    """
+    if getattr(dataset, "transform", None) is not None:
+        return (
+            f"the training dataset applies a transform ({dataset.transform!r}) beyond the horizontal flip; "  # type: ignore[attr-defined]
+            "the cache only knows each image as stored and mirrored"
+        )
+    try:
+        dataset_fingerprint(dataset)
+    except DataError as err:
+        return f"a teacher cache needs a dataset fingerprint: {err}"
+    return None

@@ -32,8 +32,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +59,7 @@ _HAIR = np.array(
 _IRIS = np.array([[60, 40, 25], [90, 60, 30], [60, 90, 130], [70, 110, 70], [40, 40, 40]], dtype=np.float64)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyntheticConfig:
     """Arguments of the generator (stored next to the data as ``synthetic.json``)."""
 
@@ -84,6 +86,33 @@ class SyntheticConfig:
             raise DataError(f"synthetic config difficulty={self.difficulty}: expected a value in [0, 3]")
         if not 1 <= self.quality <= 100:
             raise DataError(f"synthetic config quality={self.quality}: expected 1..100")
+
+
+def as_synthetic_config(value: SyntheticConfig | Mapping[str, Any] | None) -> SyntheticConfig:
+    """A validated :class:`SyntheticConfig` from one, from a mapping of its fields, or the defaults (None).
+
+    Raises DataError naming an unknown key (and listing the fields) or a bad value.
+    """
+    if value is None:
+        config = SyntheticConfig()
+    elif isinstance(value, SyntheticConfig):
+        config = value
+    elif isinstance(value, Mapping):
+        known = [field.name for field in fields(SyntheticConfig)]
+        unknown = [str(key) for key in value if key not in known]
+        if unknown:
+            raise DataError(
+                f"synthetic config: unknown key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; known keys: {', '.join(known)}"
+            )
+        config = SyntheticConfig(**{str(key): item for key, item in value.items()})
+    else:
+        raise DataError(
+            f"synthetic config: expected a SyntheticConfig or a mapping of its fields, got "
+            f"{type(value).__name__}: {value!r}"
+        )
+    config.validate()
+    return config
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Distillation objectives: ``create(name, **hparams)`` and ``list_objectives()``.
+"""Distillation objectives: ``create(name, **hparams)`` and ``list_objectives()`` over ``OBJECTIVES``.
 
 Each objective lives in its own module (one family per file) and registers itself on import; the
 modules are imported here for that side effect, so ``import ekd.distill`` makes every name available.
@@ -16,7 +16,9 @@ from ekd.distill import rkd as _rkd  # noqa: F401
 from ekd.distill import sp as _sp  # noqa: F401
 from ekd.distill import triplet as _triplet  # noqa: F401
 from ekd.distill.base import (
+    OBJECTIVES,
     Objective,
+    ObjectiveContext,
     create,
     gather_global,
     list_objectives,
@@ -24,4 +26,13 @@ from ekd.distill.base import (
     register_objective,
 )
 
-__all__ = ["Objective", "create", "gather_global", "list_objectives", "objective_class", "register_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "ObjectiveContext",
+    "create",
+    "gather_global",
+    "list_objectives",
+    "objective_class",
+    "register_objective",
+]

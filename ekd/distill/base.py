@@ -1,14 +1,25 @@
-"""Base class and registry of distillation objectives.
+"""Base class, context and registry of distillation objectives.
 
-An objective maps ``(student: Features, teacher: Features, labels)`` to a scalar loss. It declares
-the Features fields it needs in ``requires`` (checked by the training module at start-up) and
-whether it is ``relational`` (computed on the global batch gathered across ranks under DDP).
+An objective maps ``(student: Features, teacher: Features, labels)`` to a scalar loss. What is true of
+the loss is declared on the class (read by ``ekd.lit.DistillationModule``, documented on
+:class:`Objective`): the Features fields it needs (``requires``, checked at start-up), whether it is
+``relational`` (computed on the global batch gathered across ranks under DDP), its recommended
+``default_weight``, whether it ``needs_teacher_centres`` and whether it ``replaces_recognition``.
+
+Life cycle in a training module: ``create(name, **hparams)`` -> ``bind(ObjectiveContext)`` once ->
+the optimizer is built -> ``forward`` every step (``hint_only(step)`` asked every step).
 Objectives own their adapters (e.g. the FitNet regressor): those are ordinary submodules and so
-trainable parameters of the student side.
+trainable parameters of the student side. They must exist before the optimizer, hence the one
+mechanism for stage shapes: an objective whose constructor takes ``student_shapes`` /
+``teacher_shapes`` is given the backbones' ``stage_shapes`` there by the training module (unless the
+configuration gives them), so it builds its adapters at construction; ``bind`` receives the same
+shapes for objectives that only read them. State that must survive a checkpoint (e.g. EKD's moving
+thresholds) is a registered buffer: the module's ``objectives`` ModuleDict saves and restores it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 import torch
@@ -16,21 +27,74 @@ from torch import nn
 
 from ekd import dist
 from ekd.models.features import Features
+from ekd.registry import Registry
 
-_REGISTRY: dict[str, type[Objective]] = {}
+# every distillation objective, by name: ``create(name, **hparams)``
+OBJECTIVES: Registry[type[Objective]] = Registry("distillation objective")
+
+# stage name -> C x H x W, as in a backbone's ``stage_shapes``
+StageShapes = dict[str, tuple[int, ...]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ObjectiveContext:
+    """What the training module knows about the run, given once to :meth:`Objective.bind`.
+
+    ``student_shapes`` / ``teacher_shapes``: the backbones' ``stage_shapes`` (stage name -> C x H x W).
+    ``head``: the student's recognition head, an ``ekd.heads.RecognitionLoss`` (None without a head):
+    the class centres the student is trained against, for objectives that compute the classification
+    loss themselves or move those centres (AdaDistill-style, ``replaces_recognition``). Use its API
+    (``forward(embeddings, labels) -> (loss, logits)``, ``margin_free_logits``, ``centres``,
+    ``set_centres``, ``.head``): under ``sharded_head`` its rows are split over ranks at fit start,
+    after ``bind``. Keep the context itself (a plain dataclass) rather than assigning ``context.head``
+    to a module attribute: that would register the head a second time as a submodule of the objective
+    (its parameters twice in the optimizer and in checkpoints). Nothing here depends on the world size.
+    """
+
+    num_classes: int
+    student_embedding_size: int
+    teacher_embedding_size: int
+    student_shapes: StageShapes = dataclasses.field(default_factory=dict)
+    teacher_shapes: StageShapes = dataclasses.field(default_factory=dict)
+    head: nn.Module | None = None
 
 
 class Objective(nn.Module):
-    """Base of every distillation objective (see the module docstring)."""
+    """Base of every distillation objective (see the module docstring).
+
+    Class attributes (override on the subclass; an instance may override ``requires``):
+
+    - ``requires``: Features fields read (``"embedding"``, ``"logits"``, ``"stages.stage4"``, ...).
+    - ``relational``: needs the global batch under DDP (``gather_global``), not only this rank's rows.
+    - ``default_weight``: the weight used when the configuration gives none (the recommended one).
+    - ``needs_teacher_centres``: the training module calls :meth:`set_teacher_centres` with the
+      teacher's C x D class centres before training (e.g. MarginDistillation).
+    - ``replaces_recognition``: the objective computes the student's classification loss itself
+      (through ``ObjectiveContext.head``), so the training module adds no recognition cross-entropy
+      term of its own (the recognition accuracy is still logged). At most one per run.
+    """
 
     name: str = ""
     requires: frozenset[str] = frozenset({"embedding"})
     relational: bool = False
-    # True for objectives that need the teacher's class centres (C x D), e.g. MarginDistillation;
-    # the training module calls ``set_teacher_centres`` once before training.
+    default_weight: float = 1.0
     needs_teacher_centres: bool = False
+    replaces_recognition: bool = False
+
+    def bind(self, context: ObjectiveContext) -> None:
+        """Called once by the training module after construction, before the optimizer exists.
+
+        Default: nothing. Override to read the class count, embedding sizes, stage shapes or the
+        student head (see :class:`ObjectiveContext`); parameters created here are optimised too.
+        """
+
+    def hint_only(self, step: int) -> bool:
+        """True when, at optimiser step ``step`` (0-based), this objective's term is the only trained one
+        (every other term gets weight 0 but stays computed and logged); FitNet's warm-up. Default False."""
+        return False
 
     def set_teacher_centres(self, centres: torch.Tensor) -> None:
+        """Receive the teacher's C x D class centres (objectives with ``needs_teacher_centres``)."""
         raise TypeError(f"distillation objective {self.name!r} does not use teacher class centres")
 
     def forward(self, student: Features, teacher: Features, labels: torch.Tensor) -> torch.Tensor:
@@ -97,13 +161,12 @@ def gather_global(
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    """Class decorator adding an objective to the registry under ``name``."""
+    """Class decorator adding an objective to ``OBJECTIVES`` under ``name`` (and setting its ``name``)."""
+    add = OBJECTIVES.register(name)
 
     def decorator(cls: type[Objective]) -> type[Objective]:
-        if name in _REGISTRY:
-            raise ValueError(f"distillation objective {name!r} is registered twice")
+        add(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorator
@@ -111,16 +174,18 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 
 def list_objectives() -> list[str]:
     """Names accepted by :func:`create`, sorted."""
-    return sorted(_REGISTRY)
+    return OBJECTIVES.names()
 
 
 def objective_class(name: str) -> type[Objective]:
     """The class registered as ``name`` (e.g. to inspect its constructor's defaults)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown distillation objective {name!r}; known: {', '.join(list_objectives())}")
-    return _REGISTRY[name]
+    return OBJECTIVES.get(name)
 
 
 def create(name: str, **hparams) -> Objective:
-    """Build the objective registered as ``name`` with its hyper-parameters (defaults otherwise)."""
-    return objective_class(name)(**hparams)
+    """Build the objective registered as ``name`` with its hyper-parameters (defaults otherwise).
+
+    Raises UnknownNameError for an unknown name and UnknownOptionError (a ValueError and a TypeError)
+    for a hyper-parameter the objective does not take, listing the accepted ones.
+    """
+    return OBJECTIVES.create(name, **hparams)

@@ -54,8 +54,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ekd.data.errors import DataError
-from ekd.data.fingerprint import dataset_fingerprint
+from ekd.data.fingerprint import cache_unusable_reason, dataset_fingerprint
+from ekd.dist import shard_bounds
 
 CACHE_FORMAT = "ekd.teacher_cache/1"
 INDEX_FILE = "index.json"
@@ -89,26 +89,6 @@ def dataset_description(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def cache_unusable_reason(dataset: Dataset) -> str | None:
-    """Why cached teacher embeddings cannot stand in for the online teacher on ``dataset`` (None: they can).
-
-    The cache holds the teacher's embeddings of each image as stored and mirrored, so any augmentation
-    beyond the horizontal flip would give the student an image the cache does not know.
-    """
-    if getattr(dataset, "transform", None) is not None:
-        return (
-            f"the training dataset applies a transform ({dataset.transform!r}) beyond the horizontal flip; "  # type: ignore[attr-defined]
-            "the cache only knows each image as stored and mirrored"
-        )
-    if not hasattr(dataset, "return_index"):
-        return f"the training dataset ({type(dataset).__name__}) cannot report sample indices and flips"
-    try:
-        dataset_fingerprint(dataset)
-    except DataError as err:
-        return f"a teacher cache needs a dataset fingerprint: {err}"
-    return None
-
-
 def stage_feature_users(objectives: Mapping[str, nn.Module]) -> list[str]:
     """Keys of the objectives that read stage feature maps (they need the online teacher)."""
     return sorted(
@@ -119,13 +99,6 @@ def stage_feature_users(objectives: Mapping[str, nn.Module]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ building
-def shard_range(num_images: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Contiguous ``[start, end)`` sample range of ``rank``; the ranges of all ranks tile ``[0, N)``."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    return num_images * rank // world_size, num_images * (rank + 1) // world_size
-
-
 def prepare_cache(
     output: str | os.PathLike,
     num_images: int,
@@ -192,7 +165,7 @@ def fill_cache_shard(
     out = Path(output)
     plain = np.load(out / EMBEDDINGS_FILE, mmap_mode="r+")
     flipped = np.load(out / FLIPPED_FILE, mmap_mode="r+")
-    start, end = shard_range(len(plain), rank, world_size)
+    start, end = shard_bounds(len(plain), world_size=world_size, rank=rank)
     device = torch.device(device)
     teacher = teacher.to(device).eval()
     if device.type == "cuda":

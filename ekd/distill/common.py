@@ -61,10 +61,12 @@ def check_batch(
         )
 
 
-def squared_distances(x: Tensor) -> Tensor:
-    """B x B squared Euclidean distances via the Gram matrix (no B x B x D tensor); exact 0 on the diagonal.
+def pairwise_squared_distances(x: Tensor) -> Tensor:
+    """B x B squared Euclidean distances between the raw rows via the Gram matrix (no B x B x D tensor);
+    exact 0 on the diagonal.
 
-    Rounding can make an off-diagonal entry slightly negative; it is clamped to 0.
+    Rounding can make an off-diagonal entry slightly negative; it is clamped to 0. Distances between the
+    L2-normalised rows: ``ekd.heads.triplet.normalised_pairwise_squared_distances``.
     """
     sq_norms = (x * x).sum(dim=1)
     sq = (sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2.0 * x @ x.t()).clamp_min(0.0)
@@ -78,7 +80,7 @@ def distances(x: Tensor, eps: float = 1e-12) -> Tensor:
     The square root is taken of ``max(d^2, eps)`` so its gradient stays finite for coincident points
     (the diagonal, duplicates); the diagonal is then zeroed, as in the RKD reference code.
     """
-    dist = squared_distances(x).clamp_min(eps).sqrt()
+    dist = pairwise_squared_distances(x).clamp_min(eps).sqrt()
     eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
     return dist.masked_fill(eye, 0.0)
 

@@ -80,6 +80,7 @@ import torch.distributed as torch_dist
 from ekd import dist
 from ekd.distill.base import Objective, register_objective
 from ekd.distill.common import check_batch, compute_dtype, cosine_matrix
+from ekd.eval.metrics import fpr_key
 from ekd.models.features import Features
 
 # The official sigmoid clamps its argument to [-50, 50]: outside that range the soft rank is flat
@@ -103,13 +104,6 @@ def soft_rank(similarities: torch.Tensor, thresholds: torch.Tensor, temperature:
     """R(x; tau) = sum_k sigmoid(clamp((x - tau_k) / T, -50, 50)) for each similarity x (1-D -> 1-D)."""
     logits = (similarities.unsqueeze(1) - thresholds.unsqueeze(0)) / temperature
     return torch.sigmoid(logits.clamp(-SIGMOID_CLAMP, SIGMOID_CLAMP)).sum(dim=1)
-
-
-def fpr_label(anchor: float) -> str:
-    """Short FPR name of an anchor for log keys: 1e4 -> ``1e-4``, 20 -> ``5e-2``."""
-    mantissa, exponent = f"{1.0 / anchor:.2e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
 
 
 def _parse_grad_scale(value: int | str) -> int | str:
@@ -168,7 +162,7 @@ class EKDLoss(Objective):
         self.anchors = tuple(_positive_number("anchors", a) for a in anchors)
         if any(a <= 1 for a in self.anchors):
             raise ValueError(f"EKD hparam anchors={list(anchors)!r}: every anchor a = 1/FPR must be > 1")
-        labels = [fpr_label(a) for a in self.anchors]
+        labels = [fpr_key(1.0 / a) for a in self.anchors]  # log names: a = 1e4 -> 1e-4
         if len(set(labels)) != len(labels):
             raise ValueError(
                 f"EKD hparam anchors={list(anchors)!r}: anchors must be distinct (in 1/a to 3 significant "

@@ -8,6 +8,10 @@ One pass over the loader, teacher in eval mode, no gradient, sums accumulated in
 the per-class sums and counts are averaged over ranks, which leaves their ratio unchanged: with a
 distributed sampler each rank contributes its shard; without one every rank sees everything.
 
+:func:`cached_class_prototypes` computes the same from a teacher embedding cache (every image and its
+mirror, no teacher pass). ``ekd.distill.callbacks.TeacherPrototypesCallback`` runs one of them at fit
+start for a DistillationModule.
+
 ``load_or_compute_prototypes`` caches the result on disk (``torch.save`` of a small dict) keyed by a
 fingerprint string supplied by the caller (e.g. teacher checkpoint hash + dataset identity); a cache
 made with another fingerprint or class count is refused with a clear message unless
@@ -18,21 +22,28 @@ reduction is collective), rank 0 writes, all ranks read the same file system pat
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ekd import dist
+from ekd.data.batch import FaceBatch
+
+if TYPE_CHECKING:
+    from ekd.distill.cache import TeacherEmbeddingCache
 
 CACHE_FORMAT = "ekd.prototypes/1"
 
 
 def _split_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) from a loader batch: a (images, labels, ...) sequence or a mapping."""
+    """(images, labels) from a loader batch: a FaceBatch, a (images, labels, ...) sequence or a mapping."""
+    if isinstance(batch, FaceBatch):
+        return batch.images, batch.labels
     if isinstance(batch, Mapping):
         images = next((batch[k] for k in ("image", "images", "img") if k in batch), None)
         labels = next((batch[k] for k in ("label", "labels", "target") if k in batch), None)
@@ -47,6 +58,24 @@ def _split_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(
         f"prototypes: batch {index} is a {type(batch).__name__}; expected (images, labels, ...) or a mapping"
     )
+
+
+def cached_class_prototypes(
+    cache: TeacherEmbeddingCache, num_classes: int, chunk: int = 65536
+) -> torch.Tensor:
+    """C x D prototypes from the cached embeddings of every image and its mirror (no teacher pass).
+
+    Reads the memory-mapped cache ``chunk`` samples at a time.
+    """
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, cache.num_images, chunk):
+            indices = torch.arange(start, min(start + chunk, cache.num_images))
+            labels = torch.from_numpy(np.array(cache.labels[start : start + chunk], dtype=np.int64))
+            for flip in (False, True):
+                yield cache.lookup(indices, torch.full(indices.shape, flip)), labels
+
+    return compute_class_prototypes(nn.Identity(), batches(), num_classes)
 
 
 @torch.no_grad()

@@ -19,21 +19,25 @@ identity (an identity-balanced sampler):
   those triplets.
 A batch without any valid triplet (no positive pair or no negative) gives a zero loss (still attached
 to the graph) and a warning, once per process. Recommended weight 1. Relational: global batch.
+
+Distances, mining and the hinge are those of the triplet loss in ``ekd.heads.triplet`` (one
+implementation): ``all_triplets`` / ``batch_hard_triplets`` and ``triplet_margin_loss`` with the
+per-triplet margins.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ekd.distill.base import Objective, register_objective
 from ekd.distill.common import check_batch, student_teacher_pair, warn_once, zero_loss
+from ekd.heads.triplet import (
+    all_triplets,
+    batch_hard_triplets,
+    normalised_pairwise_squared_distances,
+    triplet_margin_loss,
+)
 from ekd.models.features import Features
-
-
-def _normalised_squared_distances(x: torch.Tensor, eps: float) -> torch.Tensor:
-    unit = F.normalize(x, dim=1, eps=eps)
-    return (2.0 - 2.0 * unit @ unit.t()).clamp_min(0.0)
 
 
 @register_objective("triplet")
@@ -61,9 +65,9 @@ class TripletDistillationObjective(Objective):
         self.eps = float(eps)
         self._last: dict[str, torch.Tensor] = {}
 
-    def _margins(self, gap_t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """m = m_min + (m_max - m_min) d / d_max with d = max(gap_t, 0) over the ``valid`` triplets."""
-        d = gap_t.clamp_min(0.0).masked_fill(~valid, 0.0)
+    def _margins(self, gap_t: torch.Tensor) -> torch.Tensor:
+        """m = m_min + (m_max - m_min) d / d_max with d = max(gap_t, 0) over the mined triplets."""
+        d = gap_t.clamp_min(0.0)
         d_max = d.max()
         if d_max <= 0:
             return torch.full_like(d, self.margin_min)
@@ -74,14 +78,14 @@ class TripletDistillationObjective(Objective):
             self.name, "embedding", student.embedding, teacher.embedding, same_width=False
         )
         check_batch(self.name, "embedding", s, labels)
-        d_s = _normalised_squared_distances(s, self.eps)
+        d_s = normalised_pairwise_squared_distances(s, self.eps)
         with torch.no_grad():
-            d_t = _normalised_squared_distances(t, self.eps)
-        same = labels.unsqueeze(0) == labels.unsqueeze(1)
-        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        positive = same & ~eye
-        negative = ~same
-        if not bool(positive.any()) or not bool(negative.any()):
+            d_t = normalised_pairwise_squared_distances(t, self.eps)
+            if self.mining == "all":
+                anchors, positives, negatives = all_triplets(labels)
+            else:  # the student's hardest positive / negative per anchor
+                anchors, positives, negatives = batch_hard_triplets(d_s, labels)
+        if anchors.numel() == 0:
             warn_once(
                 "triplet-no-triplets",
                 "triplet distillation: a batch has no valid triplet (it needs at least two images of one "
@@ -89,25 +93,10 @@ class TripletDistillationObjective(Objective):
             )
             self._last = {"triplets": s.new_zeros(())}
             return zero_loss(s)
-        if self.mining == "all":
-            anchor, pos = positive.nonzero(as_tuple=True)  # one row per (a, p) pair
-            valid = negative[anchor]  # pairs x B: the negatives of each pair's anchor
-            hinge_s = d_s[anchor, pos].unsqueeze(1) - d_s[anchor]
-            with torch.no_grad():
-                margins = self._margins(d_t[anchor] - d_t[anchor, pos].unsqueeze(1), valid)
-            losses = (hinge_s + margins).clamp_min(0.0)[valid]
-        else:
-            has_both = positive.any(dim=1) & negative.any(dim=1)
-            rows = torch.arange(len(labels), device=labels.device)
-            with torch.no_grad():
-                hardest_pos = d_s.masked_fill(~positive, float("-inf")).argmax(dim=1)
-                hardest_neg = d_s.masked_fill(~negative, float("inf")).argmin(dim=1)
-                gap_t = d_t[rows, hardest_neg] - d_t[rows, hardest_pos]
-                margins = self._margins(gap_t, has_both)
-            hinge_s = d_s[rows, hardest_pos] - d_s[rows, hardest_neg]
-            losses = (hinge_s + margins).clamp_min(0.0)[has_both]
-        self._last = {"triplets": torch.tensor(float(losses.numel()))}
-        return losses.mean()
+        with torch.no_grad():
+            margins = self._margins(d_t[anchors, negatives] - d_t[anchors, positives])
+        self._last = {"triplets": torch.tensor(float(anchors.numel()))}
+        return triplet_margin_loss(d_s, anchors, positives, negatives, margins)
 
     def log_items(self) -> dict[str, torch.Tensor]:
         """Number of triplets the last forward averaged over."""

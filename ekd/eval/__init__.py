@@ -1,13 +1,24 @@
 """Evaluation: the LFW-style verification protocol, flip-sum embedding extraction, IJB-B/C 1:1
 template verification, ROC plots and a Lightning callback running verification during training.
 
+``evaluate_backbone`` / ``verify_sets`` (``ekd.eval.evaluate``) are the one embed-then-verify routine
+used by ekd-train, ekd-eval and the callback.
+
 The callback lives in ``ekd.eval.callback`` (imported from there, so that using the protocol does not
 import pytorch_lightning).
 """
 
 from ekd.eval.embed import EmbeddingResult, OnnxEmbedder, TorchEmbedder, extract_embeddings, normalize_images
+from ekd.eval.evaluate import (
+    evaluate_backbone,
+    evaluate_ijb_sets,
+    measure_throughput,
+    select_sets,
+    verification_records,
+    verify_sets,
+)
 from ekd.eval.ijb import IJBResult, evaluate_ijb
-from ekd.eval.metrics import FPR_TARGETS, auc, eer, roc_curve, tpr_at_fpr
+from ekd.eval.metrics import FPR_TARGETS, auc, downsample_roc, eer, fpr_key, roc_curve, tpr_at_fpr
 from ekd.eval.verification import VerificationResult, fold_accuracies, kfold_bounds, verify
 
 __all__ = [
@@ -18,13 +29,21 @@ __all__ = [
     "TorchEmbedder",
     "VerificationResult",
     "auc",
+    "downsample_roc",
     "eer",
+    "evaluate_backbone",
     "evaluate_ijb",
+    "evaluate_ijb_sets",
     "extract_embeddings",
     "fold_accuracies",
+    "fpr_key",
     "kfold_bounds",
+    "measure_throughput",
     "normalize_images",
     "roc_curve",
+    "select_sets",
     "tpr_at_fpr",
+    "verification_records",
     "verify",
+    "verify_sets",
 ]

@@ -8,24 +8,26 @@ restored. Logged keys: ``val/<set>/acc``, ``val/<set>/acc_std``, ``val/<set>/xno
 
 Under DDP every rank embeds one contiguous slice and the slices are gathered, so every rank computes
 identical metrics; they are logged without ``sync_dist`` (the logger writes on rank zero only).
+
+Embedding and scoring are :func:`ekd.eval.evaluate.verify_sets` (the routine ekd-train and ekd-eval
+use). A set whose embeddings are non-finite (a diverged network) is warned about and logged with
+``val/<set>/acc`` = NaN, and ``val/mean_acc`` is then NaN too, so that a checkpoint monitor never
+picks such a model as its best.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch import nn
 
 from ekd import dist
 from ekd.eval import metrics
-from ekd.eval.embed import extract_embeddings
-from ekd.eval.verification import VerificationResult, verify
-
-VerificationSets = Mapping[str, tuple[torch.Tensor | np.ndarray, Sequence[bool] | np.ndarray | torch.Tensor]]
+from ekd.eval.evaluate import VerificationSets, result_record, verify_sets
+from ekd.eval.verification import VerificationResult
 
 
 class VerificationCallback(pl.Callback):
@@ -122,22 +124,29 @@ class VerificationCallback(pl.Callback):
 
     # -- work ----------------------------------------------------------------------------------
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, VerificationResult]:
-        """Evaluate every set now, log the metrics and update ``self.latest``; returns the results."""
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, VerificationResult | None]:
+        """Evaluate every set now, log the metrics and update ``self.latest``; returns the results
+        (``None`` for a set with non-finite embeddings)."""
         sets = self._resolve_sets(trainer)
         backbone = self._backbone(pl_module)
-        results: dict[str, VerificationResult] = {}
-        # extract_embeddings sets eval mode and restores each submodule's previous mode on exit
-        for name, (images, issame) in sets.items():
-            emb = extract_embeddings(
-                backbone, images, batch_size=self.batch_size, flip=self.flip, shard=dist.is_distributed()
-            )
-            results[name] = verify(
-                emb.embeddings, issame, n_folds=self.n_folds, fprs=self.fprs, xnorm=emb.xnorm
-            )
+        # embedding puts the backbone in eval mode and restores each submodule's previous mode on exit
+        results = verify_sets(
+            backbone,
+            sets,
+            self.batch_size,
+            flip=self.flip,
+            n_folds=self.n_folds,
+            fprs=self.fprs,
+            shard=dist.is_distributed(),
+        )
 
         logged: dict[str, float] = {}
         for name, res in results.items():
+            if res is None:
+                logged[f"val/{name}/acc"] = float("nan")
+                continue
             logged[f"val/{name}/acc"] = res.accuracy
             logged[f"val/{name}/acc_std"] = res.accuracy_std
             if res.xnorm is not None:
@@ -145,7 +154,8 @@ class VerificationCallback(pl.Callback):
             for fpr, tpr in res.tpr_at_fpr.items():
                 if not math.isnan(tpr):  # unresolvable anchors are not logged (see ekd.eval.metrics)
                     logged[f"val/{name}/tpr@fpr={metrics.fpr_key(fpr)}"] = tpr
-        mean_acc = float(np.mean([r.accuracy for r in results.values()])) if results else float("nan")
+        accuracies = [float("nan") if r is None else r.accuracy for r in results.values()]
+        mean_acc = float(np.mean(accuracies)) if results else float("nan")
         if results:
             logged["val/mean_acc"] = mean_acc
         for key, value in logged.items():
@@ -157,6 +167,6 @@ class VerificationCallback(pl.Callback):
             "step": int(trainer.global_step),
             "epoch": int(trainer.current_epoch),
             "mean_acc": None if math.isnan(mean_acc) else mean_acc,
-            "sets": {name: res.to_dict() for name, res in results.items()},
+            "sets": {name: result_record(res) for name, res in results.items()},
         }
         return results

@@ -182,13 +182,6 @@ def as_embedder(model: nn.Module | BatchEmbedder | str | os.PathLike, amp: bool 
     raise TypeError(f"cannot embed with a {type(model).__name__}: pass an nn.Module, ONNX path or session")
 
 
-def shard_bounds(num_items: int, world_size: int, rank: int) -> tuple[int, int]:
-    """Contiguous ``[start, end)`` slice of ``rank``; the first ``num_items % world_size`` get one more."""
-    base, extra = divmod(num_items, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
 def extract_embeddings(
     model: nn.Module | BatchEmbedder | str | os.PathLike,
     images: torch.Tensor | np.ndarray,
@@ -209,7 +202,7 @@ def extract_embeddings(
     module = model if isinstance(model, nn.Module) else None
     start, end = (0, images.shape[0])
     if shard and dist.is_distributed():
-        start, end = shard_bounds(images.shape[0], dist.world_size(), dist.rank())
+        start, end = dist.shard_bounds(images.shape[0], dist.world_size(), dist.rank())
     device = getattr(embedder, "device", torch.device("cpu"))
 
     raw_parts: list[torch.Tensor] = []

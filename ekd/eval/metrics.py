@@ -33,8 +33,16 @@ FPR_TARGETS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
 
 def fpr_key(fpr: float) -> str:
-    """Canonical text of an FPR anchor used in dictionaries and metric names, e.g. ``1e-4``."""
-    return f"{fpr:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+    """Canonical text of an FPR in dictionaries, results files and logged metric names.
+
+    Up to 3 significant digits, trailing zeros and exponent padding dropped: 1e-4 -> ``1e-4``,
+    0.05 -> ``5e-2``, 1/3 -> ``3.33e-1``. The one formatter of ekd (verification results, IJB results,
+    the callback's ``tpr@fpr=`` keys, EKD's ``tau_s@`` log keys), so every name of one FPR matches.
+    """
+    # 3 digits rather than 1: EKD anchors such as a = 3 (FPR 1/3) must not collide with a = 4 (2.5e-1)
+    mantissa, exponent = f"{fpr:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
 @dataclass(frozen=True)
@@ -151,3 +159,23 @@ def eer(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
         return float(roc.fpr[0])
     t = -gap[i - 1] / (gap[i] - gap[i - 1])
     return float(roc.fpr[i - 1] + t * (roc.fpr[i] - roc.fpr[i - 1]))
+
+
+def downsample_roc(fpr: np.ndarray, tpr: np.ndarray, points: int | None) -> dict[str, list[float]]:
+    """At most ``points`` ROC points, spread evenly in log10(FPR) (where face verification is read).
+
+    The first and last points are kept; for each target FPR the largest TPR at FPR <= target is
+    taken, so the down-sampled curve never lies above the full one. These are the ``roc`` curves of
+    ``results.json`` and ``eval_results.json``. ``points=None`` keeps every point.
+    """
+    fpr = np.asarray(fpr, dtype=np.float64)
+    tpr = np.asarray(tpr, dtype=np.float64)
+    if points is None or fpr.size <= points:
+        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    positive = fpr[fpr > 0]
+    low = positive.min() if positive.size else 1e-6
+    targets = np.unique(np.concatenate([[0.0], np.logspace(np.log10(low), 0.0, points - 1)]))
+    running_max = np.maximum.accumulate(tpr)  # ROC points come in increasing FPR order
+    index = np.searchsorted(fpr, targets, side="right") - 1
+    index = np.clip(index, 0, fpr.size - 1)
+    return {"fpr": targets.tolist(), "tpr": running_max[index].tolist()}

@@ -12,14 +12,19 @@ rank's slice of the centres: a margin is applied only where the target class liv
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_REGISTRY: dict[str, type[Head]] = {}
+from ekd.registry import Registry
+
+# every recognition head, by name: ``create(name, embedding_size, num_classes, **hparams)``
+HEADS: Registry[type[Head]] = Registry("recognition head")
+# auxiliary losses called as ``loss(embeddings, labels)`` next to the head (center, triplet; registered
+# in ``ekd.heads``); ``ekd.lit.recognition.build_aux_loss`` builds them
+AUX_LOSSES: Registry[Callable[..., nn.Module]] = Registry("auxiliary loss")
 
 # acos has an infinite derivative at +-1; clamping keeps theta's gradient finite (zero at the clamp).
 _ACOS_EPS = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-12}
@@ -113,13 +118,12 @@ class Head(nn.Module):
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator adding a head to the registry under ``name``."""
+    """Class decorator adding a head to ``HEADS`` under ``name`` (and setting the class's ``name``)."""
+    add = HEADS.register(name)
 
     def decorator(cls: type[Head]) -> type[Head]:
-        if name in _REGISTRY:
-            raise ValueError(f"recognition head {name!r} is registered twice")
+        add(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorator
@@ -127,27 +131,15 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def list_heads() -> list[str]:
     """Names accepted by :func:`create`, sorted."""
-    return sorted(_REGISTRY)
+    return HEADS.names()
 
 
 def head_class(name: str) -> type[Head]:
-    """The class registered as ``name`` (ValueError listing the known names otherwise)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown recognition head {name!r}; known: {', '.join(list_heads())}")
-    return _REGISTRY[name]
+    """The class registered as ``name`` (else UnknownNameError, a ValueError, listing the known names)."""
+    return HEADS.get(name)
 
 
 def create(name: str, embedding_size: int, num_classes: int, **hparams) -> Head:
-    """Build the head registered as ``name``; unknown hyper-parameters are an error naming the head."""
-    cls = head_class(name)
-    accepted = [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
-    ][3:]  # drop self, embedding_size, num_classes
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"recognition head {name!r} has no hyper-parameter(s) {unknown}; it accepts {accepted}"
-        )
-    return cls(embedding_size, num_classes, **hparams)
+    """Build the head registered as ``name``; an unknown hyper-parameter is an UnknownOptionError (a
+    ValueError) naming the head and the hyper-parameters it accepts."""
+    return HEADS.create(name, embedding_size, num_classes, **hparams)

@@ -42,16 +42,6 @@ from ekd import dist
 from ekd.heads.base import Head, check_labels, create
 
 
-def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
-    """(first row, number of rows) of rank ``rank``'s shard of ``num_classes`` centres."""
-    if num_classes < world_size:
-        raise ValueError(
-            f"cannot shard {num_classes} classes over {world_size} ranks: need at least one per rank"
-        )
-    base, extra = divmod(num_classes, world_size)
-    return base * rank + min(rank, extra), base + (1 if rank < extra else 0)
-
-
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``factor`` (fixes the gradient scale across ranks)."""
 
@@ -148,7 +138,13 @@ class ShardedClassifier(nn.Module):
         """
         world = dist.world_size()
         if world > 1 and not self.is_sharded:
-            start, count = shard_range(self.num_classes, world, dist.rank())
+            if self.num_classes < world:
+                # an empty shard would leave a rank without a softmax normaliser term
+                raise ValueError(
+                    f"cannot shard {self.num_classes} classes over {world} ranks: need at least one per rank"
+                )
+            start, end = dist.shard_bounds(self.num_classes, world_size=world, rank=dist.rank())
+            count = end - start
             head = self.head
             head.weight = nn.Parameter(head.weight.detach()[start : start + count].clone())
             if head.bias is not None:

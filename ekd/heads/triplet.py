@@ -14,9 +14,10 @@ Mining (every sample is an anchor that has a positive and a negative in the batc
   farthest negative, i.e. the least hard one (as TensorFlow's ``triplet_semihard_loss``): it keeps a
   gradient without pulling training onto the hardest negatives, which FaceNet found to collapse.
 
-A batch without any valid triplet gives a zero loss that is still connected to the graph. The mining
-functions and :func:`triplet_margin_loss` (which accepts one margin per triplet) are public for
-objectives built on triplets (e.g. triplet distillation).
+A batch without any valid triplet gives a zero loss that is still connected to the graph. The distance
+matrix, the mining functions (plus :func:`all_triplets`, every valid triplet) and
+:func:`triplet_margin_loss` (which accepts one margin per triplet) are public: triplet distillation
+(``ekd.distill.triplet``) mines with them rather than with a copy of its own.
 """
 
 from __future__ import annotations
@@ -30,17 +31,36 @@ from ekd.heads.base import check_labels
 MINING = ("batch_hard", "semi_hard")
 
 
-def squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
-    """N x N squared L2 distances between the L2-normalised rows (2 - 2 cos, clamped at 0, zero diagonal)."""
-    unit = F.normalize(embeddings, dim=1)
+def normalised_pairwise_squared_distances(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """N x N squared L2 distances between the L2-normalised rows: 2 - 2 cos, clamped at 0, zero diagonal.
+
+    ``eps`` guards the normalisation of all-zero rows (``F.normalize``). For distances between the raw
+    rows see ``ekd.distill.common.pairwise_squared_distances``.
+    """
+    unit = F.normalize(embeddings, dim=1, eps=eps)
     distances = (2.0 - 2.0 * unit @ unit.t()).clamp(min=0.0)
+    # rounding leaves ~1e-7 on the diagonal; a product (not masked_fill) keeps it out of the gradient too
     return distances * (1.0 - torch.eye(len(unit), dtype=unit.dtype, device=unit.device))
 
 
 def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x N (positive, negative) masks: same label other sample, different label."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     return same & ~eye, ~same
+
+
+@torch.no_grad()
+def all_triplets(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(anchor, positive, negative) indices of every valid triplet: a != p, y_a = y_p, y_n != y_a.
+
+    Ordered by anchor-positive pair (row-major), then by negative. Memory: 3 x (number of triplets)
+    indices, i.e. (positive pairs) x (negatives per anchor).
+    """
+    positive, negative = _masks(labels)
+    anchors, positives = positive.nonzero(as_tuple=True)
+    pair, negatives = negative[anchors].nonzero(as_tuple=True)
+    return anchors[pair], positives[pair], negatives
 
 
 @torch.no_grad()
@@ -98,7 +118,7 @@ class TripletLoss(nn.Module):
         if embeddings.dim() != 2:
             raise ValueError(f"triplet loss expects N x D embeddings, got shape {tuple(embeddings.shape)}")
         check_labels(labels, embeddings.shape[0], num_rows=torch.iinfo(torch.int64).max, allow_missing=False)
-        distances = squared_distances(embeddings)
+        distances = normalised_pairwise_squared_distances(embeddings)
         mine = batch_hard_triplets if self.mining == "batch_hard" else semi_hard_triplets
         anchors, positives, negatives = mine(distances.detach(), labels)
         return triplet_margin_loss(distances, anchors, positives, negatives, self.margin)

@@ -17,11 +17,13 @@ are ``teacher_logit_scale * cos(f^_t, W^_t)`` against teacher class centres W_t 
 
 - ``teacher_centres="head"``: the head stored in the teacher checkpoint (one of our checkpoints);
 - ``"prototypes"``: the teacher's class prototypes (``ekd.distill.prototypes``), computed in one pass
-  over the training data at fit start (``datamodule.prototype_dataloader()`` when the datamodule
-  has one, else its ``train_dataloader()``), cached in ``prototype_cache`` when given, keyed by
-  ``teacher sha256 / num_classes / datamodule.fingerprint()`` (``FaceDataModule.fingerprint``, the
-  dataset fingerprint of ``ekd.data``); a ``prototype_cache`` with a datamodule that has no
-  fingerprint is refused (two datasets would share one cache);
+  over the training data at fit start by ``TeacherPrototypesCallback`` (``ekd.distill.callbacks``,
+  returned by :meth:`configure_callbacks`; the module itself never touches the datamodule): over
+  the datamodule's ``prototype_dataloader()`` when it has one, else its ``train_dataloader()``, cached
+  in ``prototype_cache`` when given, keyed by ``teacher sha256 / num_classes / datamodule
+  fingerprint`` (``FaceDataModule.fingerprint``, the dataset fingerprint of ``ekd.data``); a
+  ``prototype_cache`` with a datamodule that has no fingerprint is refused (two datasets would share
+  one cache);
 - ``"auto"``: the head when the checkpoint has one with ``num_classes`` rows, else prototypes.
 
 The same centres go to objectives with ``needs_teacher_centres`` (MarginDistillation) and, with
@@ -32,47 +34,53 @@ the objective and the field.
 
 Objectives: ``objectives = {key: {"weight": w, **hparams}}``; ``key`` is the registry name, or any
 name with ``"objective": <registry name>`` inside (to use one objective twice, e.g. two FitNet
-stages). A missing weight is the objective's ``default_weight`` (1 when it has none). Objectives
-whose constructor takes ``student_shapes`` / ``teacher_shapes`` get the backbones' ``stage_shapes``
-unless given. Relational objectives see the global batch (``gather_global(..., layout=batch_layout)``),
-the others this rank's rows. While an objective's ``hint_only(global_step)`` is True (FitNet's
-two-stage warm-up) every other term gets weight 0: still computed and logged, and kept in the graph
-so that DDP sees a gradient (zero) for every parameter. Each objective's adapters are trained.
+stages). A missing weight is the objective's ``default_weight`` (``Objective.default_weight``, 1 unless
+the class sets another). Objectives whose constructor takes ``student_shapes`` / ``teacher_shapes`` get
+the backbones' ``stage_shapes`` there unless given (so their adapters exist before the optimizer);
+then every objective's ``bind(ObjectiveContext)`` is called once, before the optimizer exists, with
+the class count, both embedding sizes and stage shapes and the student head (``self.recognition``).
+An objective with ``replaces_recognition`` computes the classification loss itself through that
+head: the module then adds no ``recognition`` term (``recognition_weight`` is unused, the objective's
+weight applies; the accuracy is still logged); at most one such objective per run. Objective state
+kept in buffers is saved and restored with the checkpoint (``objectives.<key>.*`` keys).
+Relational objectives see the global batch (``gather_global(..., layout=batch_layout)``), the others
+this rank's rows. While an objective's ``hint_only(global_step)`` is True (FitNet's two-stage warm-up)
+every other term gets weight 0: still computed and logged, and kept in the graph so that DDP sees a
+gradient (zero) for every parameter. Each objective's adapters are trained.
 
 Teacher embedding cache (``teacher_cache``: a folder written by ``ekd-cache build``, see
 ``ekd.distill.cache``). The cache must come from the same teacher file (SHA-256, checked at
 construction) and the same training set (fingerprint, checked at fit start); otherwise
-``TeacherCacheMismatchError`` names both. It replaces the teacher's forward pass when every objective
-needs only the teacher's embedding or logits and the datamodule's dataset augments by horizontal
-flips only; the module then switches the datamodule to ``(images, labels, indices, flipped)`` batches
-and reads each row's teacher embedding (of the image or its mirror, as the student sees it). Otherwise
-(stage-feature objectives such as FitNet, other augmentations, plain loaders) a log line says why and
-the teacher runs online. Teacher prototypes are then computed from the cached embeddings (every image
-and its mirror) instead of a pass of the teacher over the data.
+``TeacherCacheMismatchError`` names both. It can replace the teacher's forward pass when every
+objective needs only the teacher's embedding or logits; the cache is then served by the data side:
+:meth:`configure_callbacks` returns a ``TeacherCacheCallback`` (``ekd.distill.callbacks``) that
+attaches it to the datamodule for the fit, and a datamodule that can serve it (``FaceDataModule``,
+when its dataset augments by horizontal flips only) fills ``FaceBatch.teacher_embedding`` (the batch
+contract, ``ekd/data/batch.py``) with each row's teacher embedding (of the image or its mirror, as
+the student sees it). A batch that carries ``teacher_embedding`` skips the teacher; any other batch
+runs it. Otherwise (stage-feature objectives such as FitNet, other augmentations, plain loaders) a
+log line says why and the teacher runs online. Teacher prototypes are then computed from the cached
+embeddings (every image and its mirror) instead of a pass of the teacher over the data. Whether a fit
+used the cache: ``FaceDataModule.teacher_cache_used``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_lightning import Callback
 from torch import nn
 
+from ekd.data.batch import as_face_batch
+from ekd.distill import OBJECTIVES, Objective, ObjectiveContext, gather_global
 from ekd.distill import create as create_objective
-from ekd.distill import gather_global, objective_class
-from ekd.distill.cache import (
-    TeacherCacheMismatchError,
-    TeacherEmbeddingCache,
-    cache_unusable_reason,
-    stage_feature_users,
-)
-from ekd.distill.prototypes import compute_class_prototypes, load_or_compute_prototypes
+from ekd.distill.cache import TeacherCacheMismatchError, TeacherEmbeddingCache, stage_feature_users
+from ekd.distill.callbacks import TeacherCacheCallback, TeacherPrototypesCallback
 from ekd.lit.recognition import (
     CHECKPOINT_META_KEY,
     RecognitionModule,
@@ -82,11 +90,20 @@ from ekd.lit.recognition import (
 )
 from ekd.models.features import Features
 from ekd.models.loading import file_sha256, load_backbone
+from ekd.registry import accepted_options
 
 log = logging.getLogger(__name__)
 
 TEACHER_CENTRES: tuple[str, ...] = ("auto", "head", "prototypes")
 STUDENT_HEAD_INIT: tuple[str, ...] = ("none", "teacher_centres", "freeze_teacher_centres")
+
+
+def _stage_shapes(backbone: nn.Module) -> dict[str, tuple[int, ...]]:
+    """A backbone's ``stage_shapes`` as a plain dict of tuples (empty for a backbone without stages)."""
+    return {
+        name: tuple(int(n) for n in shape)
+        for name, shape in dict(getattr(backbone, "stage_shapes", {})).items()
+    }
 
 
 def _features_spec(backbone: nn.Module, embedding_size: int, logits_classes: int | None) -> Features:
@@ -171,8 +188,17 @@ class DistillationModule(RecognitionModule):
 
         self.objectives = nn.ModuleDict()
         self.objective_weights: dict[str, float] = {}
+        context = ObjectiveContext(
+            num_classes=num_classes,
+            student_embedding_size=int(self.hparams.embedding_size),
+            teacher_embedding_size=teacher_dim,
+            student_shapes=_stage_shapes(self.student),
+            teacher_shapes=_stage_shapes(self.teacher),
+            head=self.recognition,
+        )
         for key, spec in objectives.items():
-            self._add_objective(str(key), spec)
+            self._add_objective(str(key), spec, context)
+        self._check_replaces_recognition()
         self.needs_logits = any("logits" in obj.requires for obj in self.objectives.values())
         self.relational_stages = sorted(
             {name for obj in self.objectives.values() if obj.relational for name in obj.required_stages()}
@@ -213,10 +239,10 @@ class DistillationModule(RecognitionModule):
             obj.check_features(student_spec, "student")
             obj.check_features(teacher_spec, "teacher")
 
-        # teacher embedding cache: checked against the teacher now, against the dataset at fit start
+        # teacher embedding cache: checked against the teacher now; the data side checks it against the
+        # dataset at fit start (TeacherCacheCallback) and serves FaceBatch.teacher_embedding
         self.teacher_cache: TeacherEmbeddingCache | None = None
-        self.cache_active = False  # set in setup("fit") when the training data can be served
-        self._batch_meta: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._batch_teacher_embedding: torch.Tensor | None = None  # of the batch in training_step
         if teacher_cache:
             cache = TeacherEmbeddingCache(teacher_cache)
             cache.verify_teacher(teacher_sha256, teacher, teacher_checkpoint)
@@ -232,7 +258,8 @@ class DistillationModule(RecognitionModule):
                 self.teacher_cache = cache
 
     # ------------------------------------------------------------------------------- construction
-    def _add_objective(self, key: str, spec: Any) -> None:
+    def _add_objective(self, key: str, spec: Any, context: ObjectiveContext) -> None:
+        """Build one objective from its spec, give it the context (``bind``) and record its weight."""
         if not isinstance(spec, Mapping):
             raise ValueError(
                 f"objective {key!r}: expected a mapping {{weight: ..., <hparams>}}, got {spec!r}"
@@ -243,15 +270,35 @@ class DistillationModule(RecognitionModule):
             raise ValueError(f"objective key {key!r} must be a non-empty name without dots")
         weight_given = "weight" in hparams
         weight = hparams.pop("weight", None)
-        accepted = inspect.signature(objective_class(name).__init__).parameters
-        for side, backbone in (("student", self.student), ("teacher", self.teacher)):
+        # the one mechanism for stage shapes: a constructor that takes them builds its adapters there,
+        # so their parameters exist before configure_optimizers (see ekd.distill.base)
+        accepted = accepted_options(OBJECTIVES.get(name))
+        for side, shapes in (("student", context.student_shapes), ("teacher", context.teacher_shapes)):
             if f"{side}_shapes" in accepted and hparams.get(f"{side}_shapes") is None:
-                hparams[f"{side}_shapes"] = {k: tuple(v) for k, v in backbone.stage_shapes.items()}
-        objective = create_objective(name, **hparams)
-        default = float(getattr(objective, "default_weight", 1.0))
+                hparams[f"{side}_shapes"] = dict(shapes)
+        objective: Objective = create_objective(name, **hparams)
+        default = float(objective.default_weight)
         weight, _ = split_weight(key, {"weight": weight if weight_given else default}, default, "objective")
+        objective.bind(context)
         self.objectives[key] = objective
         self.objective_weights[key] = weight
+
+    def replacing_objective(self) -> str | None:
+        """Key of the objective that computes the recognition loss itself (``replaces_recognition``)."""
+        keys = [key for key, obj in self.objectives.items() if obj.replaces_recognition]
+        return keys[0] if keys else None
+
+    def _check_replaces_recognition(self) -> None:
+        keys = [key for key, obj in self.objectives.items() if obj.replaces_recognition]
+        if len(keys) > 1:
+            raise ValueError(
+                f"distillation objectives {keys} each replace the recognition loss; at most one may"
+            )
+        if keys and self.recognition is None:
+            raise ValueError(
+                f"distillation objective {keys[0]!r} replaces the recognition loss and trains the student "
+                "head, but the student has no head (head is None)"
+            )
 
     def _resolve_centres(self, mode: str, checkpoint: str, teacher_dim: int) -> str:
         """Load head centres now ("head", or "auto" when present); else defer to prototypes at fit start."""
@@ -296,103 +343,42 @@ class DistillationModule(RecognitionModule):
         super().setup(stage)  # shards the student head first: set_centres then fills this rank's rows
         if stage != "fit":
             return
-        if self.teacher_cache is not None:
-            self.cache_active = self._enable_teacher_cache()
         if self.centres_source == "prototypes" and self.teacher_class_centres.numel() == 0:
-            self.set_teacher_centres(self._prototypes())
+            raise RuntimeError(
+                "teacher class prototypes are not set at setup('fit'): TeacherPrototypesCallback (returned "
+                "by configure_callbacks, run by Trainer.fit) computes them; when calling setup() yourself, "
+                "call set_teacher_centres() first"
+            )
         self._init_student_head()
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The module's bridges to the training data (it never touches the datamodule itself).
+
+        ``TeacherCacheCallback`` attaches ``teacher_cache`` to the datamodule for the fit (the data side
+        then fills ``FaceBatch.teacher_embedding``); ``TeacherPrototypesCallback`` computes the teacher
+        prototypes when the centres come from them. The cache callback comes first: prototypes are
+        computed from the cache when the datamodule serves it.
+        """
+        callbacks = list(super().configure_callbacks() or [])
+        cache_callback = None
+        if self.teacher_cache is not None:
+            cache_callback = TeacherCacheCallback(self.teacher_cache)
+            callbacks.append(cache_callback)
+        if self.centres_source == "prototypes":
+            callbacks.append(
+                TeacherPrototypesCallback(
+                    self.hparams.num_classes,
+                    self.hparams.teacher_sha256,
+                    prototype_cache=self.hparams.prototype_cache,
+                    teacher_cache=cache_callback,
+                )
+            )
+        return callbacks
 
     def _cache_not_used(self, reason: str) -> None:
         log.warning(
             "teacher cache %s not used: %s; the teacher runs online", self.hparams.teacher_cache, reason
         )
-
-    def _enable_teacher_cache(self) -> bool:
-        """Verify the cache against the training data and ask the data for sample indices and flips.
-
-        Returns False (with a log line saying why) when the data cannot be served from the cache; raises
-        TeacherCacheMismatchError when the cache was built for another dataset.
-        """
-        datamodule = getattr(self.trainer, "datamodule", None)
-        dataset = getattr(datamodule, "dataset", None)
-        if dataset is None:
-            self._cache_not_used(
-                "the training data does not come from a datamodule with a `dataset` (needed to check the "
-                "dataset fingerprint and to know each row's sample index and flip)"
-            )
-            return False
-        reason = cache_unusable_reason(dataset)
-        if reason is not None:
-            self._cache_not_used(reason)
-            return False
-        assert self.teacher_cache is not None
-        self.teacher_cache.verify_dataset(dataset)
-        # batches become (images, labels, indices, flipped); set before the loader is built
-        if hasattr(type(datamodule), "return_index"):
-            datamodule.return_index = True
-        else:
-            dataset.return_index = True
-        log.info("teacher cache %s: teacher embeddings are read from the cache", self.hparams.teacher_cache)
-        return True
-
-    def _prototypes(self) -> torch.Tensor:
-        trainer = self.trainer
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None:
-            raise ValueError(
-                "teacher class prototypes are computed from the training data at fit start: pass a "
-                "datamodule to Trainer.fit (or use teacher_centres='head' with a teacher checkpoint that "
-                "has a head)"
-            )
-        if self.cache_active:
-            return self._cached_prototypes()
-        data_id = self._data_fingerprint(datamodule) if self.hparams.prototype_cache is not None else None
-        loader_fn = getattr(datamodule, "prototype_dataloader", None) or datamodule.train_dataloader
-        device = trainer.strategy.root_device
-        original = next(self.teacher.parameters()).device
-        self.teacher.to(device)
-        try:
-            loader = loader_fn()
-            cache = self.hparams.prototype_cache
-            num_classes = self.hparams.num_classes
-            if cache is None:
-                return compute_class_prototypes(self.teacher, loader, num_classes, device)
-            fingerprint = f"teacher={self.hparams.teacher_sha256};classes={num_classes};data={data_id}"
-            return load_or_compute_prototypes(cache, fingerprint, self.teacher, loader, num_classes, device)
-        finally:
-            self.teacher.to(original)
-            self.teacher.eval()
-
-    def _data_fingerprint(self, datamodule: Any) -> str:
-        """The datamodule's dataset fingerprint (``fingerprint()`` or ``fingerprint``), for the prototype key.
-
-        Without one, prototypes of two different datasets could share ``prototype_cache``: refused.
-        """
-        value = getattr(datamodule, "fingerprint", None)
-        value = value() if callable(value) else value
-        if not isinstance(value, str) or not value:
-            raise ValueError(
-                f"prototype_cache={self.hparams.prototype_cache!r}: the datamodule "
-                f"({type(datamodule).__name__}) has no dataset fingerprint (a `fingerprint()` method or "
-                f"`fingerprint` attribute giving a non-empty string; got {value!r}), so cached prototypes "
-                "could be reused for another dataset; use ekd.data.FaceDataModule, give the datamodule a "
-                "fingerprint, or drop prototype_cache"
-            )
-        return value
-
-    def _cached_prototypes(self, chunk: int = 65536) -> torch.Tensor:
-        """Prototypes from the cached embeddings of every image and its mirror (no teacher pass)."""
-        cache = self.teacher_cache
-        assert cache is not None
-
-        def batches():
-            for start in range(0, cache.num_images, chunk):
-                indices = torch.arange(start, min(start + chunk, cache.num_images))
-                labels = torch.from_numpy(np.array(cache.labels[start : start + chunk], dtype=np.int64))
-                for flip in (False, True):
-                    yield cache.lookup(indices, torch.full(indices.shape, flip)), labels
-
-        return compute_class_prototypes(nn.Identity(), batches(), self.hparams.num_classes)
 
     # -------------------------------------------------------------------------------- mode / optim
     def train(self, mode: bool = True) -> DistillationModule:
@@ -403,7 +389,11 @@ class DistillationModule(RecognitionModule):
         return self
 
     def has_training_signal(self) -> bool:
-        return super().has_training_signal() or any(w > 0 for w in self.objective_weights.values())
+        if self.replacing_objective() is None:
+            recognition = super().has_training_signal()
+        else:  # no cross-entropy term of the module's own: the replacing objective's weight counts
+            recognition = any(w > 0 for w in self.aux_weights.values())
+        return recognition or any(w > 0 for w in self.objective_weights.values())
 
     def trainable_modules(self) -> list[nn.Module]:
         return [*super().trainable_modules(), self.objectives]
@@ -433,7 +423,10 @@ class DistillationModule(RecognitionModule):
             embedding = self._loss_dtype(student.embedding)
             student = Features(embedding=embedding, stages=student.stages)
             teacher = Features(embedding=self._loss_dtype(teacher.embedding), stages=teacher.stages)
-            terms, metrics = self.recognition_terms(embedding, labels)
+            # an objective that replaces_recognition computes the cross-entropy itself (context.head)
+            terms, metrics = self.recognition_terms(
+                embedding, labels, cross_entropy=self.replacing_objective() is None
+            )
             if self.needs_logits:
                 student.logits = self.recognition.margin_free_logits(embedding)
                 teacher.logits = self.teacher_logits(teacher.embedding)
@@ -458,41 +451,32 @@ class DistillationModule(RecognitionModule):
                     name = item if item.startswith(f"{objective.name}/") else f"{key}/{item}"
                     metrics[name] = item_value
 
-        hints = [
-            key
-            for key, objective in self.objectives.items()
-            if hasattr(objective, "hint_only") and objective.hint_only(self.global_step)
-        ]
+        hints = [key for key, objective in self.objectives.items() if objective.hint_only(self.global_step)]
         if hints:
             terms = {key: (weight if key in hints else 0.0, value) for key, (weight, value) in terms.items()}
         return terms, metrics
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        # (images, labels, indices, flipped) batches carry what the teacher cache looks up
-        self._batch_meta = None
-        if isinstance(batch, (tuple, list)) and len(batch) == 4:
-            images, labels, indices, flipped = batch
-            self._batch_meta = (indices, flipped)
-            batch = (images, labels)
+        face = as_face_batch(batch)  # the batch contract: ekd/data/batch.py
+        # only embeddings of this module's verified cache stand in for its teacher (never another one's)
+        self._batch_teacher_embedding = face.teacher_embedding if self.teacher_cache is not None else None
         try:
-            return super().training_step(batch, batch_idx)
+            return super().training_step(face, batch_idx)
         finally:
-            self._batch_meta = None
+            self._batch_teacher_embedding = None
 
     def _teacher_features(self, images: torch.Tensor, labels: torch.Tensor) -> Features:
-        """The teacher's Features of the batch: from the cache when active, else a forward pass."""
-        if self.cache_active and self._batch_meta is not None:
-            assert self.teacher_cache is not None
-            indices, flipped = self._batch_meta
-            self.teacher_cache.check_labels(indices, labels)
-            embedding = self.teacher_cache.lookup(indices, flipped).to(images.device, non_blocking=True)
-            return Features(embedding=embedding, stages={})
-        if self.cache_active:
+        """The teacher's Features: the batch's ``teacher_embedding`` when it has one, else a forward pass."""
+        embedding = self._batch_teacher_embedding
+        if embedding is None:
+            return self.teacher.forward_features(images)
+        expected = (images.shape[0], int(self.teacher.embedding_size))
+        if tuple(embedding.shape) != expected:
             raise ValueError(
-                "the teacher cache is active but a training batch has no (indices, flipped): expected "
-                "(images, labels, indices, flipped) batches from the datamodule"
+                f"batch teacher_embedding has shape {tuple(embedding.shape)}, expected {expected} (one "
+                "teacher embedding per row)"
             )
-        return self.teacher.forward_features(images)
+        return Features(embedding=embedding.to(images.device, non_blocking=True), stages={})
 
     # --------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

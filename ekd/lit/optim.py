@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
-SCHEDULES: tuple[str, ...] = ("step", "poly", "cosine", "constant")
+from ekd.choices import OptimName, ScheduleName, parse_choice
+
 
 # Layers whose affine parameters are scale/shift of a normalisation, not feature detectors.
 _NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -52,7 +52,7 @@ _NORM_LAYERS: tuple[type[nn.Module], ...] = (
 class OptimConfig:
     """Optimizer hyper-parameters (defaults: the ArcFace / EKD SGD recipe)."""
 
-    name: str = "sgd"
+    name: OptimName = OptimName.sgd
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -61,8 +61,7 @@ class OptimConfig:
     no_decay_norm_and_bias: bool = True
 
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optim.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+        self.name = parse_choice(OptimName, self.name, "optim.name", "optimizer")
         if not self.lr > 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -81,7 +80,7 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule (see the module docstring for the formulas)."""
 
-    name: str = "step"
+    name: ScheduleName = ScheduleName.step
     milestones: tuple[float, ...] = (10, 18, 22)
     gamma: float = 0.1
     power: float = 2.0
@@ -90,8 +89,7 @@ class ScheduleConfig:
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ValueError(f"schedule.name: unknown schedule {self.name!r}; known: {', '.join(SCHEDULES)}")
+        self.name = parse_choice(ScheduleName, self.name, "schedule.name", "schedule")
         milestones = tuple(float(m) for m in self.milestones)
         if any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
             raise ValueError(

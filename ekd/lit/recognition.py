@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
-import os
 import random
 import sys
 import warnings
@@ -53,9 +51,12 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ekd import dist
+from ekd.data.batch import as_face_batch
+from ekd.heads import AUX_LOSSES
 from ekd.heads.loss import RecognitionLoss
 from ekd.lit.optim import as_optim_config, as_schedule_config, build_optimizer, build_scheduler, param_groups
-from ekd.models import create_backbone
+from ekd.models import create_backbone, read_checkpoint
+from ekd.registry import accepted_options
 
 NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
 # Checkpoint entry with what the loaders need to know about our checkpoints (see load_class_centres).
@@ -102,44 +103,25 @@ def split_weight(name: str, spec: Mapping[str, Any] | None, default: float, what
     return float(weight), hparams
 
 
-AUX_LOSSES: dict[str, str] = {"center": "CenterLoss", "triplet": "TripletLoss"}
-
-
 def build_aux_loss(name: str, hparams: dict, embedding_size: int, num_classes: int) -> nn.Module:
-    """An auxiliary loss of ``ekd.heads`` (``center``: CenterLoss, ``triplet``: TripletLoss), called as
-    ``loss(embeddings, labels)``; ``embedding_size`` / ``num_classes`` are passed where it takes them."""
-    import ekd.heads
-
-    if name not in AUX_LOSSES:
-        raise ValueError(
-            f"aux_losses: unknown auxiliary loss {name!r}; known: {', '.join(sorted(AUX_LOSSES))}"
-        )
-    cls = getattr(ekd.heads, AUX_LOSSES[name])
-    accepted = inspect.signature(cls.__init__).parameters
+    """The auxiliary loss registered as ``name`` in ``ekd.heads.AUX_LOSSES`` (``center``: CenterLoss,
+    ``triplet``: TripletLoss), called as ``loss(embeddings, labels)``; ``embedding_size`` /
+    ``num_classes`` are passed where it takes them. Unknown names and hyper-parameters are errors listing
+    the known ones (UnknownNameError / UnknownOptionError, both ValueErrors)."""
+    accepted = accepted_options(AUX_LOSSES.get(name))
     sizes = {"embedding_size": embedding_size, "num_classes": num_classes}
-    kwargs = {k: v for k, v in sizes.items() if k in accepted}
-    try:
-        return cls(**kwargs, **hparams)
-    except TypeError as exc:
-        raise ValueError(f"aux_losses.{name}: bad hyper-parameters {sorted(hparams)}: {exc}") from exc
-
-
-def load_checkpoint_file(path: str) -> dict[str, Any]:
-    """``torch.load`` of a checkpoint on CPU with a clear error for a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors have unhelpful messages on their own
+    given = sorted(set(sizes) & set(hparams))
+    if given:
         raise ValueError(
-            f"cannot read checkpoint {path!r} with torch.load(weights_only=True): {exc}"
-        ) from exc
+            f"aux_losses.{name}: {given} come from the model, not from the loss's hyper-parameters"
+        )
+    return AUX_LOSSES.create(name, **{k: v for k, v in sizes.items() if k in accepted}, **hparams)
 
 
 def load_class_centres(checkpoint_path: str) -> torch.Tensor | None:
     """The C x D head centres stored in one of our Lightning checkpoints; None when it has no head
     (e.g. an insightface ``backbone.pth``, which is a plain backbone state_dict)."""
-    checkpoint = load_checkpoint_file(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, Mapping):
         raise ValueError(
@@ -355,13 +337,17 @@ class RecognitionModule(pl.LightningModule):
         return images, labels.long()
 
     def recognition_terms(
-        self, embedding: torch.Tensor, labels: torch.Tensor
+        self, embedding: torch.Tensor, labels: torch.Tensor, *, cross_entropy: bool = True
     ) -> tuple[dict[str, tuple[float, torch.Tensor]], dict[str, torch.Tensor]]:
-        """Weighted terms {name: (weight, value)} and metrics of the recognition side, in float32."""
+        """Weighted terms {name: (weight, value)} and metrics of the recognition side, in float32.
+
+        ``cross_entropy=False`` leaves out the head's term (a distillation objective that
+        ``replaces_recognition`` computes it instead); the auxiliary losses stay.
+        """
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         metrics: dict[str, torch.Tensor] = {"embedding_norm": embedding.detach().norm(dim=1).mean()}
         rows = self.hparams.recognition_rows or embedding.shape[0]
-        if self.recognition is not None:
+        if self.recognition is not None and cross_entropy:
             loss, _ = self.recognition(embedding[:rows], labels[:rows])
             terms["recognition"] = (self.hparams.recognition_weight, loss)
         for name, module in self.aux_losses.items():
@@ -389,7 +375,8 @@ class RecognitionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        images, labels = self._check_batch(batch)
+        face = as_face_batch(batch)  # the batch contract (ekd/data/batch.py): FaceBatch or (images, labels)
+        images, labels = self._check_batch((face.images, face.labels))
         images = self._prepare_images(images)
         if self.hparams.nonfinite == "skip":
             self._snapshot_buffers()

@@ -10,7 +10,13 @@ from ekd.models.base import FaceBackbone
 from ekd.models.complexity import count_macs, count_parameters
 from ekd.models.export import export_onnx
 from ekd.models.features import Features
-from ekd.models.loading import CheckpointError, CheckpointMismatchError, file_sha256, load_backbone
+from ekd.models.loading import (
+    CheckpointError,
+    CheckpointMismatchError,
+    file_sha256,
+    load_backbone,
+    read_checkpoint,
+)
 from ekd.models.registry import (
     create_backbone,
     list_backbone_families,
@@ -33,5 +39,6 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "parse_backbone_options",
+    "read_checkpoint",
     "register_backbone",
 ]

@@ -52,6 +52,7 @@ SAFE_GLOBAL_MODULES = (
     "pytorch_lightning.utilities.parsing.",
     "lightning_fabric.utilities.data.",
     "ekd.config.",
+    "ekd.choices.",  # str enums of the closed config choices (optimiser, schedule, sampler names)
 )
 SAFE_BUILTINS = frozenset(
     {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes", "slice"}
@@ -129,7 +130,19 @@ def _is_torch_file(path: Path) -> bool:
         return handle.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
 
 
-def _torch_load(path: Path, trust_pickle: bool) -> object:
+def read_checkpoint(path: PathLike, trust_pickle: bool = False) -> object:
+    """The object ``torch.save`` wrote to ``path``, loaded on CPU: the one checkpoint reader of ekd.
+
+    Safe by default (``torch.load(weights_only=True)`` plus the allow-listed hyper-parameter classes
+    of the module docstring); ``trust_pickle=True`` unpickles anything and may run code from the file.
+    Errors name the file: ``FileNotFoundError`` (no such file), ``CheckpointError`` (a ValueError:
+    not a file, not a PyTorch checkpoint, untrusted pickled objects).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file")
     if not _is_torch_file(path):
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint (neither torch.save's zip nor its legacy format)"
@@ -194,11 +207,7 @@ def read_state_dict(
     See the module docstring for the accepted files and the prefix rule.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint path {path} is not a file")
-    obj = _torch_load(path, trust_pickle)
+    obj = read_checkpoint(path, trust_pickle)
 
     source = str(path)
     if isinstance(obj, nn.Module):

@@ -1,24 +1,37 @@
-"""The ``results.json`` file every ``ekd-train`` run leaves in its output directory.
+"""The ``results.json`` file every ``ekd-train`` run leaves in its output directory: one typed record.
 
-Format ``ekd-results/1`` (one JSON object; rates are fractions in [0, 1], never percent)::
+:class:`RunResults` is the schema (format ``ekd-results/2``); :func:`write_results` and
+:func:`load_results` are the only writer and reader. Rates are fractions in [0, 1], never percent;
+non-finite numbers are stored as ``null``. Fields:
 
-    {
-      "format": "ekd-results/1",
-      "method": "ekd",                 # table row: none (no KD), teacher, kd, rkd, ..., kd_rkd
-      "objectives": {"ekd": {"weight": 1.0, ...}},
-      "dataset": "ms1mv2",             # data.name
-      "student": "mobilefacenet",      # registry name of the trained backbone
-      "student_label": "MobileFaceNet",
-      "teacher": "iresnet50" | null,  "teacher_checkpoint": "...", "teacher_sha256": "..." | null,
-      "teacher_cache": {"path": "...", "used": true | false | null} | null,  # distill.teacher_cache
-      "seed": 0, "experiment": "ms1mv2/mobilefacenet/ekd" | null, "sweep": "<sweep dir name>" | null,
-      "metrics": {"lfw": {"accuracy": 0.9952, "accuracy_std": 0.003, "tpr_at_fpr": {"1e-4": ...},
-                          "auc": ..., "eer": ..., "num_pairs": 6000, ...}, ...},
-      "roc": {"lfw": {"fpr": [...], "tpr": [...]}},      # down-sampled ROC curves, for plots
-      "params": 1.2e6, "macs": 2.3e8, "throughput": {"images_per_s": ..., "batch_size": 64, ...},
-      "wall_time_s": 123.4, "git_commit": "..." | null, "output_dir": "...", "created": "ISO time",
-      "versions": {"ekd": ..., "torch": ..., "pytorch_lightning": ...}
-    }
+===================  ==============================================================================
+format               ``"ekd-results/2"`` (files of format 1 are still read; see :func:`load_results`)
+method               the table row's key: ``none`` (no KD), ``teacher``, ``kd``, ``ekd``, ``kd_rkd``, ...
+label                the row's display name (the method file's ``label``: ``KD``, ``EKD``, ...)
+order                where the row goes in the table (the method file's ``order``; lower first)
+paper_row            the row of the paper's Table 2 it reproduces (``paper_tables.csv``), or null
+objectives           ``{name: {weight, **hyper-parameters}}`` of the run's distillation objectives
+dataset              ``data.name``: the table a run belongs to (``ms1mv2``, ``synthetic``, ...)
+student              registry name of the trained backbone; ``student_label`` its display name
+teacher              registry name of the teacher (null without distillation), with
+                     ``teacher_checkpoint`` (path) and ``teacher_sha256`` (hash of that file)
+teacher_cache        ``{"path", "used"}`` of a configured teacher embedding cache, else null
+seed                 the run's seed
+experiment, sweep    the experiment config's name and the multirun directory's name (or null)
+metrics              ``{set: {"accuracy", "accuracy_std", "tpr_at_fpr": {"1e-4": ...}, "auc", "eer",
+                     "num_pairs", ...}}`` per verification set (IJB sets: TPR@FPR only); a set whose
+                     embeddings were not finite has ``{"accuracy": null, "error": "..."}``
+mean_accuracy        mean accuracy over the pair-verification sets (null when none has one)
+roc                  ``{set: {"fpr": [...], "tpr": [...]}}`` down-sampled ROC curves, for plots
+params, macs         parameters and multiply-accumulates (112 x 112) of the trained backbone
+throughput           ``{"images_per_s", "batch_size", "iterations", "device", "threads"}`` or null
+global_step, epochs  optimizer steps and epochs the fit ran
+fit_time_s           seconds in ``Trainer.fit``; ``wall_time_s`` the whole run
+git_commit           ``git rev-parse HEAD`` of the source checkout (``+dirty`` with local changes)
+output_dir           the run directory; ``checkpoint`` its last Lightning checkpoint (or null) and
+                     ``backbone_file`` the plain backbone state_dict (insightface layout)
+created              ISO time the file was written; ``versions`` of ekd, torch, Lightning, Python
+===================  ==============================================================================
 
 Files are written atomically (temporary file + rename), so a reader never sees half a file, and a
 directory that already holds a ``results.json`` is a finished run that :func:`check_unfinished`
@@ -27,19 +40,101 @@ refuses to reuse unless told to overwrite.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 RESULTS_FILE = "results.json"
-FORMAT = "ekd-results/1"
-REQUIRED_KEYS = ("format", "method", "dataset", "student", "seed", "metrics")
+FORMAT = "ekd-results/2"
+FORMAT_V1 = "ekd-results/1"
+
+DEFAULT_ORDER = 1000.0
+
+
+@dataclass
+class RunResults:
+    """One run's ``results.json`` (fields: see the module docstring)."""
+
+    method: str
+    dataset: str
+    student: str
+    seed: int
+    metrics: dict[str, dict[str, Any]]
+    label: str = ""  # "" -> the method key
+    order: float = DEFAULT_ORDER
+    paper_row: str | None = None
+    objectives: dict[str, Any] = field(default_factory=dict)
+    student_label: str | None = None
+    teacher: str | None = None
+    teacher_checkpoint: str | None = None
+    teacher_sha256: str | None = None
+    teacher_cache: dict[str, Any] | None = None
+    experiment: str | None = None
+    sweep: str | None = None
+    mean_accuracy: float | None = None
+    roc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    params: int | None = None
+    macs: int | None = None
+    throughput: dict[str, Any] | None = None
+    global_step: int | None = None
+    epochs: int | None = None
+    fit_time_s: float | None = None
+    wall_time_s: float | None = None
+    git_commit: str | None = None
+    output_dir: str | None = None
+    checkpoint: str | None = None
+    backbone_file: str | None = None
+    created: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT
+    # where the record was read from (not stored in the file)
+    path: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.method
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "results") -> RunResults:
+        """A record from a mapping; unknown keys, missing required keys or wrong types name ``source``."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"path"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ResultsError(f"{source}: unknown keys {unknown} (known: {sorted(known)})")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ResultsError(f"{source}: missing keys {missing}")
+        if not isinstance(data["metrics"], Mapping):
+            raise ResultsError(f"{source}: 'metrics' must map set names to metric objects")
+        for key in ("method", "dataset", "student"):
+            if not isinstance(data[key], str):
+                raise ResultsError(f"{source}: {key!r} must be a string, got {data[key]!r}")
+        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
+            raise ResultsError(f"{source}: 'seed' must be an integer, got {data['seed']!r}")
+        order = data.get("order", DEFAULT_ORDER)
+        if isinstance(order, bool) or not isinstance(order, (int, float)):
+            raise ResultsError(f"{source}: 'order' must be a number, got {order!r}")
+        return cls(**{**data, "order": float(order)})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written to disk (``format`` first, ``path`` left out)."""
+        data = dataclasses.asdict(self)
+        data.pop("path")
+        return {"format": data.pop("format"), **data}
 
 
 class ResultsError(ValueError):
@@ -77,22 +172,19 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def write_results(directory: str | os.PathLike, results: Mapping[str, Any]) -> Path:
+def write_results(directory: str | os.PathLike, results: RunResults) -> Path:
     """Write ``results`` as ``directory/results.json`` atomically; return the path."""
-    data = {"format": FORMAT, **results}
-    missing = [key for key in REQUIRED_KEYS if key not in data]
-    if missing:
-        raise ResultsError(
-            f"results for {directory} lack the keys {missing} (required: {list(REQUIRED_KEYS)})"
-        )
+    if not isinstance(results, RunResults):
+        raise TypeError(f"write_results takes a RunResults record, got {type(results).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / RESULTS_FILE
-    text = json.dumps(_json_ready(data), indent=2, sort_keys=False, allow_nan=False)
+    text = json.dumps(_json_ready(results.to_dict()), indent=2, sort_keys=False, allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".json.tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by the whole group
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -100,8 +192,28 @@ def write_results(directory: str | os.PathLike, results: Mapping[str, Any]) -> P
     return path
 
 
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one results file (a path to the file or to its run directory) and check its format."""
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 record as format 2: the row's label, order and paper row from the method file of the
+    same name that ships with ekd (conf/distill; format 1 did not record them); results.json files of
+    format 2 carry their own, so reading them never needs a method file."""
+    from omegaconf import OmegaConf
+
+    from ekd.config.paths import CONF_DIR
+
+    method = data.get("method")
+    row: dict[str, Any] = {}
+    if method == "teacher":
+        row = {"label": "teacher", "order": 0.0, "paper_row": "ResNet50 (teacher)"}
+    else:
+        path = CONF_DIR / "distill" / f"{method}.yaml"
+        if path.is_file():
+            node = OmegaConf.load(path)
+            row = {key: node.get(key) for key in ("label", "order", "paper_row") if key in node}
+    return {**row, **data, "format": FORMAT}
+
+
+def load_results(path: str | os.PathLike) -> RunResults:
+    """Read one results file (a path to the file or to its run directory) and check it against the schema."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
@@ -113,15 +225,55 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         raise ResultsError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") == FORMAT_V1:
+        data = _upgrade_v1(data)
     if data.get("format") != FORMAT:
-        raise ResultsError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}")
-    missing = [key for key in REQUIRED_KEYS if key not in data]
-    if missing:
-        raise ResultsError(f"{path}: missing keys {missing}")
-    if not isinstance(data["metrics"], dict):
-        raise ResultsError(f"{path}: 'metrics' must map set names to metric objects")
-    data["_path"] = str(path)
-    return data
+        raise ResultsError(
+            f"{path}: format is {data.get('format')!r}, expected {FORMAT!r} (or {FORMAT_V1!r})"
+        )
+    results = RunResults.from_dict(data, source=str(path))
+    results.path = str(path)
+    return results
+
+
+def git_commit(root: Path | None) -> str | None:
+    """``git rev-parse HEAD`` of the source tree at ``root`` (``+dirty`` with local changes); None
+    outside a git checkout (e.g. ekd installed from a wheel)."""
+    if root is None:
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of ekd, torch, Lightning and Python (recorded with every run)."""
+    import pytorch_lightning
+    import torch
+
+    import ekd
+
+    return {
+        "ekd": ekd.__version__,
+        "torch": torch.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -138,29 +290,10 @@ def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def collect_results(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+def collect_results(paths: Iterable[str | os.PathLike]) -> list[RunResults]:
     """Load every results file under ``paths`` (see :func:`find_results`)."""
     paths = list(paths)
     files = find_results(paths)
     if not files:
         raise ResultsError(f"no {RESULTS_FILE} found under {', '.join(str(p) for p in paths)}")
     return [load_results(f) for f in files]
-
-
-def downsample_roc(fpr: np.ndarray, tpr: np.ndarray, points: int) -> dict[str, list[float]]:
-    """At most ``points`` ROC points, spread evenly in log10(FPR) (where face verification is read).
-
-    The first and last points are kept; for each target FPR the largest TPR at FPR <= target is
-    taken, so the down-sampled curve never lies above the full one.
-    """
-    fpr = np.asarray(fpr, dtype=np.float64)
-    tpr = np.asarray(tpr, dtype=np.float64)
-    if fpr.size <= points:
-        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-    positive = fpr[fpr > 0]
-    low = positive.min() if positive.size else 1e-6
-    targets = np.unique(np.concatenate([[0.0], np.logspace(np.log10(low), 0.0, points - 1)]))
-    running_max = np.maximum.accumulate(tpr)  # ROC points come in increasing FPR order
-    index = np.searchsorted(fpr, targets, side="right") - 1
-    index = np.clip(index, 0, fpr.size - 1)
-    return {"fpr": targets.tolist(), "tpr": running_max[index].tolist()}

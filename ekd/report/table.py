@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ekd.report.results import ResultsError
+from ekd.report.results import ResultsError, RunResults
 
 # Verification sets of the paper, in its column order: results key -> column label.
 PAPER_SETS: dict[str, str] = {
@@ -49,41 +49,10 @@ IJB_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ijbc", "1e-5", "IJB-C@1e-5"),
     ("ijbb", "1e-4", "IJB-B@1e-4"),
 )
-# Row order of the EKD paper's Table 2 (method keys as results files name them).
-METHOD_ORDER: tuple[str, ...] = (
-    "teacher",
-    "none",
-    "fitnet",
-    "kd",
-    "darkrank",
-    "sp",
-    "cckd",
-    "rkd",
-    "shrinkteanet",
-    "triplet",
-    "margin",
-    "ekd",
-)
-METHOD_LABELS: dict[str, str] = {
-    "fitnet": "FitNet",
-    "kd": "KD",
-    "darkrank": "DarkRank",
-    "sp": "SP",
-    "cckd": "CCKD",
-    "rkd": "RKD",
-    "shrinkteanet": "ShrinkTeaNet",
-    "triplet": "TripletDistillation",
-    "margin": "MarginDistillation",
-    "ekd": "EKD",
-    "mimic": "Feature mimic",
-}
-# Method key -> row name in paper_tables.csv (table2). The paper's student is MobileFaceNet and its
-# teacher an (i)ResNet50.
-PAPER_ROWS: dict[str, str] = {
-    "teacher": "ResNet50 (teacher)",
-    "none": "MobileFaceNet (no KD)",
-    **{key: label for key, label in METHOD_LABELS.items() if key != "mimic"},
-}
+# Rows are ordered, labelled and matched to the paper's rows by what each run recorded in results.json
+# (``order``, ``label``, ``paper_row``: the method file's, see conf/distill); the paper's no-KD row is the
+# baseline of its average gain. The paper's student is MobileFaceNet and its teacher an (i)ResNet50.
+PAPER_BASELINE_ROW = "MobileFaceNet (no KD)"
 PAPER_STUDENT = "mobilefacenet"
 PAPER_TEACHER = "iresnet50"
 NO_KD = "none"
@@ -158,6 +127,8 @@ class Row:
     student_label: str
     teacher: str | None
     label: str
+    order: float = 0.0
+    paper_row: str | None = None
     seeds: list[int] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)  # results files
     cells: dict[str, Stat] = field(default_factory=dict)  # column label (and Avg) -> values
@@ -205,30 +176,17 @@ def metric_value(set_metrics: Mapping[str, Any], metric: str) -> float | None:
     return 100.0 * float(value)
 
 
-def method_label(method: str) -> str:
-    """Display name of a method key; combinations ``kd_rkd`` read ``KD+RKD``."""
-    if method in METHOD_LABELS:
-        return METHOD_LABELS[method]
-    parts = method.split("_")
-    if len(parts) > 1 and all(p in METHOD_LABELS for p in parts):
-        return "+".join(METHOD_LABELS[p] for p in parts)
-    return method
+def _row_label(result: RunResults, student_label: str, several_students: bool) -> str:
+    if result.method in (TEACHER, NO_KD):
+        return f"{student_label} ({result.label})"
+    return f"{result.label} ({student_label})" if several_students else result.label
 
 
-def _row_label(method: str, student_label: str, several_students: bool) -> str:
-    if method == TEACHER:
-        return f"{student_label} (teacher)"
-    if method == NO_KD:
-        return f"{student_label} (no KD)"
-    label = method_label(method)
-    return f"{label} ({student_label})" if several_students else label
-
-
-def _columns(results: Sequence[Mapping[str, Any]], metric: str) -> list[Column]:
+def _columns(results: Sequence[RunResults], metric: str) -> list[Column]:
     present: dict[str, None] = {}  # insertion-ordered set: other sets keep the order the runs list them
     ijb_present: set[str] = set()
     for result in results:
-        for name in result["metrics"]:
+        for name in result.metrics:
             ijb = _ijb_key(name)
             if ijb:
                 ijb_present.add(ijb)
@@ -242,24 +200,23 @@ def _columns(results: Sequence[Mapping[str, Any]], metric: str) -> list[Column]:
     return columns
 
 
-def _set_metrics(result: Mapping[str, Any], set_key: str) -> Mapping[str, Any] | None:
-    for name, values in result["metrics"].items():
+def _set_metrics(result: RunResults, set_key: str) -> Mapping[str, Any] | None:
+    for name, values in result.metrics.items():
         if _normalise_set(name) == set_key or _ijb_key(name) == set_key:
             return values
     return None
 
 
 def _order_key(row: Row) -> tuple:
-    rank = METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER)
-    # the teacher first, then the rows of each student together
-    return (row.method != TEACHER, row.student, rank, row.method)
+    # the teacher first, then the rows of each student together, in the methods' recorded order
+    return (row.method != TEACHER, row.student, row.order, row.method)
 
 
-def build_tables(results: Iterable[Mapping[str, Any]], metric: str = "accuracy") -> list[ComparisonTable]:
+def build_tables(results: Iterable[RunResults], metric: str = "accuracy") -> list[ComparisonTable]:
     """One :class:`ComparisonTable` per dataset of ``results`` (see the module docstring)."""
-    by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    by_dataset: dict[str, list[RunResults]] = defaultdict(list)
     for result in results:
-        by_dataset[str(result["dataset"])].append(result)
+        by_dataset[result.dataset].append(result)
     if not by_dataset:
         raise ResultsError("no results to tabulate")
     paper = load_paper_table("table2")
@@ -267,29 +224,31 @@ def build_tables(results: Iterable[Mapping[str, Any]], metric: str = "accuracy")
 
 
 def _build_table(
-    dataset: str, results: list[Mapping[str, Any]], metric: str, paper: Mapping[str, Mapping[str, float]]
+    dataset: str, results: list[RunResults], metric: str, paper: Mapping[str, Mapping[str, float]]
 ) -> ComparisonTable:
     columns = _columns(results, metric)
     averaged = [c for c in columns if c.in_average]
-    students = {str(r["student"]) for r in results if r["method"] != TEACHER}
+    students = {r.student for r in results if r.method != TEACHER}
     notes: list[str] = []
     rows: dict[tuple[str, str], Row] = {}
     for result in results:
-        key = (str(result["student"]), str(result["method"]))
+        key = (result.student, result.method)
         if key not in rows:
-            student_label = str(result.get("student_label") or result["student"])
+            student_label = result.student_label or result.student
             rows[key] = Row(
-                method=key[1],
-                student=key[0],
+                method=result.method,
+                student=result.student,
                 student_label=student_label,
-                teacher=result.get("teacher"),
-                label=_row_label(key[1], student_label, len(students) > 1),
+                teacher=result.teacher,
+                label=_row_label(result, student_label, len(students) > 1),
+                order=result.order,
+                paper_row=result.paper_row,
             )
         row = rows[key]
-        if result["seed"] in row.seeds:
-            notes.append(f"{row.label}: seed {result['seed']} appears in more than one run; all are averaged")
-        row.seeds.append(result["seed"])
-        row.runs.append(str(result.get("_path", "")))
+        if result.seed in row.seeds:
+            notes.append(f"{row.label}: seed {result.seed} appears in more than one run; all are averaged")
+        row.seeds.append(result.seed)
+        row.runs.append(result.path or "")
         run_values = []
         for column in columns:
             set_metrics = _set_metrics(result, column.set_key)
@@ -341,10 +300,10 @@ def _paper_average(values: Mapping[str, float]) -> float | None:
 
 
 def _fill_paper(rows: list[Row], columns: list[Column], paper: Mapping[str, Mapping[str, float]]) -> None:
-    baseline_avg = _paper_average(paper.get(PAPER_ROWS[NO_KD], {}))
+    baseline_avg = _paper_average(paper.get(PAPER_BASELINE_ROW, {}))
     paper_labels = {c.label for c in columns if c.set_key in PAPER_SETS or not c.in_average}
     for row in rows:
-        name = PAPER_ROWS.get(row.method)
+        name = row.paper_row
         if name is None or name not in paper:
             continue
         values = paper[name]

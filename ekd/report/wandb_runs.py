@@ -1,9 +1,11 @@
-"""Closing W&B runs: one helper for every command that opens one (ekd-train, ekd-table)."""
+"""W&B runs: the final summary of a training run, and closing runs (ekd-train, ekd-table)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ekd.report.results import RunResults
 
 
 def finish_wandb_run() -> Path | None:
@@ -26,3 +28,32 @@ def finish_wandb_run() -> Path | None:
         print(f"W&B offline run saved; upload it with:  wandb sync {run_dir}")
         return run_dir
     return None
+
+
+def log_run_summary(results: RunResults) -> None:
+    """The run's final numbers in the active W&B run: summary metrics per verification set (accuracy,
+    its std, TPR@FPR), params, MACs, throughput and a per-set ``wandb.Table``. No-op without a run."""
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    metrics = results.metrics
+    fprs = sorted({key for values in metrics.values() for key in (values.get("tpr_at_fpr") or {})})
+    rows = []
+    for name, values in metrics.items():
+        run.summary[f"final/{name}/acc"] = values.get("accuracy")
+        run.summary[f"final/{name}/acc_std"] = values.get("accuracy_std")
+        tprs = [(values.get("tpr_at_fpr") or {}).get(fpr) for fpr in fprs]
+        for fpr, tpr in zip(fprs, tprs):
+            if tpr is not None:
+                run.summary[f"final/{name}/tpr@fpr={fpr}"] = tpr
+        rows.append(
+            [results.method, results.student, name, values.get("accuracy"), values.get("accuracy_std"), *tprs]
+        )
+    run.summary["final/mean_acc"] = results.mean_accuracy
+    run.summary["params"] = results.params
+    run.summary["macs"] = results.macs
+    run.summary["throughput_images_per_s"] = (results.throughput or {}).get("images_per_s")
+    columns = ["method", "student", "set", "accuracy", "accuracy_std", *(f"tpr@fpr={f}" for f in fprs)]
+    run.log({"final/verification": wandb.Table(columns=columns, data=rows)})

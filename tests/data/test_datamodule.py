@@ -1,4 +1,5 @@
-"""FaceDataModule with num_workers=0: sources, samplers, verification sets, resume under Lightning."""
+"""FaceDataModule with num_workers=0: sources (and the registry), samplers, FaceBatch batches, the teacher
+cache served with the batch, verification sets, resume under Lightning."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_random_sampler_batches(synth_root):
     assert loader.num_workers == 0 and not loader.persistent_workers
     batches = list(loader)
     assert len(batches) == 24 // 5
-    images, labels = batches[0]
+    images, labels = batches[0].images, batches[0].labels
     assert images.shape == (5, 3, 112, 112) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and images.abs().max() <= 1.0
 
@@ -44,7 +45,8 @@ def test_random_sampler_batches(synth_root):
 def test_ekd_sampler_layout(synth_root):
     dm = _dm(synth_root, sampler="ekd", general=4, identities=2, images_per_identity=3)
     assert dm.batch_layout == {"general": 4, "balanced": 6}
-    images, labels = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    images, labels = batch.images, batch.labels
     assert images.shape[0] == 10
     balanced = labels[4:].view(2, 3)
     assert (balanced == balanced[:, :1]).all() and balanced[0, 0] != balanced[1, 0]
@@ -52,7 +54,8 @@ def test_ekd_sampler_layout(synth_root):
 
 def test_pk_sampler(synth_root):
     dm = _dm(synth_root, sampler="pk", identities=3, images_per_identity=2)
-    images, labels = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    images, labels = batch.images, batch.labels
     assert images.shape[0] == 6 and len(set(labels.tolist())) == 3
 
 
@@ -108,7 +111,7 @@ def test_rec_and_folder_sources(synth_root, tmp_path):
 
             Image.fromarray(np.full((112, 112, 3), 40 * i + 10, np.uint8)).save(folder / name / f"{i}.png")
     fdm = FaceDataModule(source="folder", root=str(folder), num_workers=0, batch_size=2)
-    images, labels = next(iter(fdm.train_dataloader()))
+    images = next(iter(fdm.train_dataloader())).images
     assert images.shape == (2, 3, 112, 112) and fdm.num_classes == 2
 
 
@@ -143,7 +146,7 @@ class _Recorder(pl.LightningModule):
         self.seen: list[list[int]] = []
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch
+        images, labels = batch.images, batch.labels
         self.seen.append(labels.tolist() + [round(float(images.sum()), 1)])
         return (self.weight * images.mean()).sum()
 
@@ -178,3 +181,95 @@ def test_lightning_resume_mid_epoch_sees_the_same_batches(synth_root, tmp_path):
     # Step 8 is the 2nd batch of epoch 1: the resumed run must yield exactly batches 3..6 of that epoch,
     # with the same flips (the image sums are recorded too).
     assert resumed.seen == full_model.seen[8:]
+
+
+def test_training_batches_carry_indices_and_flips(synth_root):
+    from ekd.data import FaceBatch, FaceRecordDataset
+
+    dm = _dm(synth_root, batch_size=5, flip=True)
+    batches = list(dm.train_dataloader())
+    keys = list(dm.build_sampler())  # the same seed and epoch: the same keys
+    dataset = FaceRecordDataset(synth_root, flip=False)
+    assert len(batches) == len(keys)
+    for batch, key in zip(batches, keys):
+        assert isinstance(batch, FaceBatch) and batch.teacher_embedding is None
+        assert batch.indices.dtype == torch.int64 and batch.flipped.dtype == torch.bool
+        assert batch.indices.tolist() == [i for i, _ in key] and batch.flipped.tolist() == [f for _, f in key]
+        torch.testing.assert_close(batch.labels, torch.as_tensor(dataset.labels[batch.indices]))
+        # each row is the image of its index, mirrored exactly where flipped says so
+        for row, (i, f) in enumerate(key):
+            assert torch.equal(batch.images[row], dataset[(i, f)][0])
+    assert any(f for key in keys for _, f in key) and not all(f for key in keys for _, f in key)
+    # without flips every row is unflipped
+    plain = next(iter(_dm(synth_root, batch_size=5, flip=False).train_dataloader()))
+    assert plain.indices.shape == (5,) and not plain.flipped.any()
+
+
+def test_synthetic_accepts_a_config_and_names_unknown_keys(synth_root):
+    from ekd.data import SyntheticConfig
+
+    dm = FaceDataModule(source="synthetic", root=str(synth_root), synthetic=SyntheticConfig(**SYNTH))
+    assert dm.synthetic_config == SyntheticConfig(**SYNTH) and dm.num_classes == 6
+    with pytest.raises(DataError, match=r"unknown key 'ids'; known keys: identities, images_per_identity"):
+        FaceDataModule(synthetic={"ids": 3, "seed": 1})
+    with pytest.raises(DataError, match="pairs=3: must be even"):
+        FaceDataModule(synthetic={"pairs": 3})
+
+
+def test_unknown_source_lists_the_registered_ones():
+    with pytest.raises(DataError, match=r"source='lmdb'.*known: folder, rec, synthetic"):
+        FaceDataModule(source="lmdb", root="x")
+
+
+def test_a_data_source_registered_by_the_user(tmp_path):
+    """A source registered from the user's own module: its dataset, options and default sets are used."""
+    from torch.utils.data import Dataset
+
+    from ekd.data import DATA_SOURCES, DataSource
+
+    class TinyFaces(Dataset):
+        def __init__(self, n: int, flip: bool) -> None:
+            self.labels = np.arange(n) % 2
+            self.num_classes = 2
+            self.flip = flip
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, key):
+            index, flipped = key if isinstance(key, tuple) else (key, False)
+            image = torch.full((3, 112, 112), float(index) / 10)
+            image[0, 0, 0] = 1.0  # so that the mirror differs
+            return (image.flip(-1) if flipped else image), int(self.labels[index])
+
+    class TinySource(DataSource):
+        def __init__(self, root=None, images: int = 4) -> None:
+            super().__init__(root)
+            self.images = images
+
+        def build_dataset(self, flip: bool):
+            return TinyFaces(self.images, flip)
+
+        def default_val_sets(self) -> list[str]:
+            return ["tiny_pairs"]
+
+    write_bin(tmp_path / "tiny_pairs.bin", torch.zeros(2, 3, 112, 112, dtype=torch.uint8), [True])
+    with DATA_SOURCES.registered("tiny", TinySource):
+        dm = FaceDataModule(
+            source="tiny", root=str(tmp_path), source_options={"images": 6}, batch_size=3, num_workers=0
+        )
+        with pytest.raises(DataError, match=r"source='tiny'.*'colour'"):
+            FaceDataModule(source="tiny", root=str(tmp_path), source_options={"colour": 1})
+    assert dm.num_classes == 2 and len(dm.dataset) == 6
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.images.shape == (3, 3, 112, 112) and batch.indices.shape == (3,)
+    for row in range(3):
+        index, flipped = int(batch.indices[row]), bool(batch.flipped[row])
+        assert torch.equal(batch.images[row], dm.dataset[(index, flipped)][0])
+        assert int(batch.labels[row]) == index % 2
+    assert sorted(dm.verification_sets()) == ["tiny_pairs"]
+    # no fingerprint: a teacher cache cannot be matched to this data (a log line, the teacher runs online)
+    from ekd.data import cache_unusable_reason
+
+    assert "needs a dataset fingerprint" in cache_unusable_reason(dm.dataset)
+    assert "tiny" not in DATA_SOURCES

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ekd.distill import create, list_objectives
-from ekd.distill.ekd import EKDLoss, fpr_label, soft_rank, threshold_positions
+from ekd.distill.ekd import EKDLoss, soft_rank, threshold_positions
+from ekd.eval.metrics import fpr_key
 from ekd.models.features import Features
 
 # ------------------------------------------------------------------ independent float64 reference
@@ -193,7 +194,7 @@ def test_threshold_positions_literals():
 
 
 def test_fpr_labels():
-    assert [fpr_label(a) for a in (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)] == [
+    assert [fpr_key(1.0 / a) for a in (1e1, 1e2, 1e3, 1e4, 1e5, 1e6)] == [
         "1e-1",
         "1e-2",
         "1e-3",
@@ -201,7 +202,7 @@ def test_fpr_labels():
         "1e-5",
         "1e-6",
     ]
-    assert fpr_label(20) == "5e-2" and fpr_label(3) == "3.33e-1"
+    assert fpr_key(1.0 / 20) == "5e-2" and fpr_key(1.0 / 3) == "3.33e-1"
     keys = set(EKDLoss().log_items())
     assert keys == {f"ekd/tau_{m}@1e-{k}" for m in "st" for k in range(1, 7)}
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ekd.eval.embed import OnnxEmbedder, extract_embeddings, normalize_images, shard_bounds
+from ekd.dist import shard_bounds
+from ekd.eval.embed import OnnxEmbedder, extract_embeddings, normalize_images
 from ekd.eval.verification import verify
 from tests.eval.helpers import LinearNet, TinyConvNet, random_pair_images
 

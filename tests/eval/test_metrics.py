@@ -121,3 +121,16 @@ def test_bad_input_is_reported():
         metrics.tpr_at_fpr([1, 0], [0.1, 0.2], rule="closest")
     with pytest.raises(ValueError, match="target FPR"):
         metrics.tpr_at_fpr([1, 0], [0.1, 0.2], fprs=(0.0,))
+
+
+def test_downsampled_roc_never_exceeds_the_curve():
+    # a staircase ROC with 1001 points: tpr = sqrt(fpr)
+    fpr = [i / 1000 for i in range(1001)]
+    tpr = [math.sqrt(f) for f in fpr]
+    small = metrics.downsample_roc(fpr, tpr, points=50)
+    assert len(small["fpr"]) <= 50 and small["fpr"][0] == 0.0 and small["fpr"][-1] == 1.0
+    for f, t in zip(small["fpr"], small["tpr"]):
+        # the largest grid point at or below f
+        grid = math.floor(f * 1000 + 1e-9) / 1000
+        assert t == pytest.approx(math.sqrt(grid), abs=1e-12)
+    assert metrics.downsample_roc([0, 1], [0, 1], points=50) == {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}

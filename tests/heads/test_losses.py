@@ -56,12 +56,14 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 
 def test_squared_distances_on_normalised_embeddings():
     x, _, d = _batch()
-    np.testing.assert_allclose(heads.squared_distances(x).numpy(), d, atol=1e-12)
+    np.testing.assert_allclose(heads.normalised_pairwise_squared_distances(x).numpy(), d, atol=1e-12)
 
 
 def test_batch_hard_mining_picks_farthest_positive_and_closest_negative():
     x, y, d = _batch()
-    a, p, n = (t.tolist() for t in heads.batch_hard_triplets(heads.squared_distances(x), y))
+    a, p, n = (
+        t.tolist() for t in heads.batch_hard_triplets(heads.normalised_pairwise_squared_distances(x), y)
+    )
     # sample 5 (class 2) has no positive: not an anchor
     assert a == [0, 1, 2, 3, 4]
     # anchor 0 (0 deg): positives at 20, 50 deg -> 50 (idx 2); negatives at 12, 30, 180 deg -> 12 (idx 3)
@@ -78,7 +80,9 @@ def test_batch_hard_mining_picks_farthest_positive_and_closest_negative():
 
 def test_semi_hard_mining_all_pairs_with_fallback():
     x, y, d = _batch()
-    a, p, n = (t.tolist() for t in heads.semi_hard_triplets(heads.squared_distances(x), y))
+    a, p, n = (
+        t.tolist() for t in heads.semi_hard_triplets(heads.normalised_pairwise_squared_distances(x), y)
+    )
     pairs = list(zip(a, p))
     assert pairs == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (3, 4), (4, 3)]
     # (0,1): d_ap at 20 deg; negatives at 12 (closer), 30, 180 -> closest farther: 30 deg (idx 4), and
@@ -101,7 +105,7 @@ def test_semi_hard_fallback_uses_the_least_hard_negative_when_all_are_closer():
     angles = np.radians([0.0, 90.0, 10.0, 30.0])
     x = torch.tensor(np.stack([np.cos(angles), np.sin(angles)], 1))
     y = torch.tensor([0, 0, 1, 2])
-    a, p, n = heads.semi_hard_triplets(heads.squared_distances(x), y)
+    a, p, n = heads.semi_hard_triplets(heads.normalised_pairwise_squared_distances(x), y)
     assert list(zip(a.tolist(), p.tolist(), n.tolist())) == [(0, 1, 3), (1, 0, 2)]
     # (1, 0): d_ap at 90 deg; negatives at 80 and 60 deg: both closer -> farthest, 80 deg (idx 2)
 
@@ -111,7 +115,7 @@ def test_triplet_loss_no_valid_triplet_is_zero_with_graph_and_margin_tensor():
     loss = heads.TripletLoss()(x, torch.tensor([0, 1, 2]))
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
-    d = heads.squared_distances(torch.eye(3, dtype=torch.float64))
+    d = heads.normalised_pairwise_squared_distances(torch.eye(3, dtype=torch.float64))
     idx = torch.tensor([0]), torch.tensor([1]), torch.tensor([2])
     value = heads.triplet_margin_loss(d, *idx, margin=torch.tensor([0.3], dtype=torch.float64))
     assert value.item() == pytest.approx(0.3)  # all squared distances are 2

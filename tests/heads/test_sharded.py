@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ekd import heads
+from ekd import dist, heads
 
 D, C = 4, 7  # 7 classes over 2 ranks: shards of 4 and 3 rows
 HEADS = ["arcface", "softmax", "sphereface", "combined"]
@@ -187,8 +187,18 @@ def test_real_ddp_step_averages_backbone_and_keeps_shard_gradients(gloo_results)
         torch.testing.assert_close(got["w_grad"], head.weight.grad[shard])
 
 
-def test_shard_range_splits_evenly_and_rejects_too_few_classes():
-    assert [heads.shard_range(10, 3, r) for r in range(3)] == [(0, 4), (4, 3), (7, 3)]
-    assert [heads.shard_range(8, 2, r) for r in range(2)] == [(0, 4), (4, 4)]
+def _start_and_count(num_classes: int, world_size: int) -> list[tuple[int, int]]:
+    bounds = [dist.shard_bounds(num_classes, world_size, rank) for rank in range(world_size)]
+    return [(start, end - start) for start, end in bounds]
+
+
+def test_shard_range_splits_evenly_and_rejects_too_few_classes(monkeypatch):
+    assert _start_and_count(10, 3) == [(0, 4), (4, 3), (7, 3)]
+    assert _start_and_count(8, 2) == [(0, 4), (4, 4)]
+    classifier = heads.ShardedClassifier("softmax", 4, 1)
+    # pretend to be rank 0 of 2 so that shard_ splits without a process group
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "rank", lambda: 0)
     with pytest.raises(ValueError, match="cannot shard 1 classes over 2 ranks"):
-        heads.shard_range(1, 2, 0)
+        classifier.shard_()

@@ -164,13 +164,12 @@ class _FlatBackbone(FaceBackbone):
 
 
 @pytest.fixture
-def flat_backbone(monkeypatch):
+def flat_backbone():
     """Register the stage-less backbone for one test only (registry-driven tests must not see it)."""
-    monkeypatch.setitem(
-        registry._BACKBONES,
-        _FLAT,
-        lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size),
-    )
+    with registry.BACKBONES.registered(
+        _FLAT, lambda embedding_size=512, input_size=SIZE: _FlatBackbone(embedding_size, input_size)
+    ):
+        yield
 
 
 def test_missing_feature_field_fails_at_construction(teacher_files, flat_backbone):

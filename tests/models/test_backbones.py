@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ekd.models import FaceBackbone, Features, create_backbone, list_backbones
-from ekd.models.registry import _BACKBONES
+from ekd.models.registry import BACKBONES
 
 TIMM_SMALL = "timm/mobilenetv3_small_050"
 
@@ -17,7 +17,7 @@ def _tiny_options(name: str) -> dict:
     """Smallest sensible variant of each backbone, chosen from the options its factory takes."""
     if name.startswith("timm/"):
         return {"input_size": (64, 64)}
-    params = inspect.signature(_BACKBONES[name]).parameters
+    params = inspect.signature(BACKBONES.get(name)).parameters
     options = {"input_size": (32, 32)}
     if "base_width" in params:
         options["base_width"] = 8

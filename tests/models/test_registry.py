@@ -7,7 +7,7 @@ import torch
 
 from ekd.models import create_backbone, list_backbone_families, list_backbones, parse_backbone_options
 from ekd.models.iresnet import IResNet
-from ekd.models.registry import _BACKBONES, register_backbone
+from ekd.models.registry import BACKBONES, register_backbone
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
@@ -59,7 +59,7 @@ def test_register_and_reject_duplicates() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_backbone("test-tiny-iresnet")(tiny)
     finally:
-        _BACKBONES.pop("test-tiny-iresnet")
+        BACKBONES.unregister("test-tiny-iresnet")
 
 
 def test_factory_must_return_a_face_backbone() -> None:
@@ -68,7 +68,7 @@ def test_factory_must_return_a_face_backbone() -> None:
         with pytest.raises(TypeError, match="not a FaceBackbone"):
             create_backbone("test-not-a-backbone")
     finally:
-        _BACKBONES.pop("test-not-a-backbone")
+        BACKBONES.unregister("test-not-a-backbone")
 
 
 def test_parse_backbone_options() -> None:

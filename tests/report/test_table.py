@@ -15,7 +15,6 @@ from ekd.report import (
     build_tables,
     check_unfinished,
     collect_results,
-    downsample_roc,
     load_paper_table,
     to_csv,
     to_latex,
@@ -189,16 +188,3 @@ def test_finished_run_is_refused(tmp_path):
     with pytest.raises(FinishedRunError, match="holds a finished run"):
         check_unfinished(tmp_path)
     check_unfinished(tmp_path, overwrite=True)
-
-
-def test_downsampled_roc_never_exceeds_the_curve():
-    # a staircase ROC with 1001 points: tpr = sqrt(fpr)
-    fpr = [i / 1000 for i in range(1001)]
-    tpr = [math.sqrt(f) for f in fpr]
-    small = downsample_roc(fpr, tpr, points=50)
-    assert len(small["fpr"]) <= 50 and small["fpr"][0] == 0.0 and small["fpr"][-1] == 1.0
-    for f, t in zip(small["fpr"], small["tpr"]):
-        # the largest grid point at or below f
-        grid = math.floor(f * 1000 + 1e-9) / 1000
-        assert t == pytest.approx(math.sqrt(grid), abs=1e-12)
-    assert downsample_roc([0, 1], [0, 1], points=50) == {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}

@@ -1,0 +1,181 @@
+"""Embed, then verify: the one routine behind ekd-train's final evaluation, ekd-eval and the callback.
+
+:func:`verify_sets` embeds each .bin-style set (flip sum, :func:`ekd.eval.extract_embeddings`) and
+runs the verification protocol (:func:`ekd.eval.verify`) on it. A set whose embeddings are not finite
+(a diverged network) gives ``None`` and a warning instead of an exception, so that the other sets,
+and the other jobs of a sweep, still get their results.
+
+:func:`verification_records` turns those results into what results files store: per set
+``VerificationResult.to_dict()`` (or ``{"accuracy": None, "error": "non-finite embeddings"}``) and a
+down-sampled ROC curve; :func:`evaluate_backbone` is the two in one call. :func:`evaluate_ijb_sets`
+does the same for IJB-B/C 1:1, :func:`measure_throughput` times inference.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ekd.eval import metrics
+from ekd.eval.embed import extract_embeddings
+from ekd.eval.ijb import evaluate_ijb
+from ekd.eval.verification import VerificationResult, verify
+
+#: name -> (uint8 images 2N x 3 x H x W, N issame labels)
+VerificationSets = Mapping[str, tuple[torch.Tensor | np.ndarray, Sequence[bool] | np.ndarray | torch.Tensor]]
+
+NONFINITE_ERROR = "non-finite embeddings"
+
+
+def select_sets(available: Mapping[str, Any], wanted: Iterable[str] | None, key: str) -> dict[str, Any]:
+    """The sets named in ``wanted`` (in that order), or all of ``available`` for ``None``.
+
+    An unknown name raises ``ValueError`` naming the setting ``key`` (e.g. ``"eval.sets"``) and the
+    sets that do exist.
+    """
+    if wanted is None:
+        return dict(available)
+    wanted = [str(name) for name in wanted]
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise ValueError(f"{key}: unknown verification sets {unknown}; the data provides {sorted(available)}")
+    return {name: available[name] for name in wanted}
+
+
+def verify_sets(
+    backbone: Any,
+    sets: VerificationSets,
+    batch_size: int,
+    *,
+    flip: bool = True,
+    n_folds: int = 10,
+    fprs: Iterable[float] = metrics.FPR_TARGETS,
+    shard: bool = False,
+) -> dict[str, VerificationResult | None]:
+    """Embed every set with ``backbone`` and verify it; ``None`` (with a warning) for non-finite embeddings.
+
+    ``backbone``: anything :func:`ekd.eval.extract_embeddings` accepts (nn.Module, ONNX path or
+    session, batch embedder). ``sets`` is read one set at a time, so a lazy mapping keeps only one set
+    in memory. ``shard=True`` embeds one slice per rank and gathers (every rank must call it; all get
+    the same results).
+    """
+    fprs = tuple(fprs)  # read once per set: an iterator would be exhausted after the first
+    results: dict[str, VerificationResult | None] = {}
+    for name, (images, issame) in sets.items():
+        embedded = extract_embeddings(backbone, images, batch_size=batch_size, flip=flip, shard=shard)
+        if not bool(embedded.embeddings.isfinite().all()):
+            # a diverged network: recorded (and reported by ekd-table as a missing cell), not fatal
+            warnings.warn(
+                f"verification set {name}: the backbone produces non-finite embeddings", stacklevel=2
+            )
+            results[name] = None
+            continue
+        results[name] = verify(embedded.embeddings, issame, n_folds=n_folds, fprs=fprs, xnorm=embedded.xnorm)
+    return results
+
+
+def result_record(result: VerificationResult | None) -> dict[str, Any]:
+    """The results-file entry of one set: ``result.to_dict()``, or the error entry for ``None``."""
+    if result is None:
+        return {"accuracy": None, "error": NONFINITE_ERROR}
+    return result.to_dict()
+
+
+def verification_records(
+    results: Mapping[str, VerificationResult | None], roc_points: int | None = 200
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(metrics, ROC curves) per set as results files store them (see :func:`result_record`).
+
+    Curves have at most ``roc_points`` points (:func:`ekd.eval.metrics.downsample_roc`; ``None`` keeps
+    every point); a set without a result has no curve.
+    """
+    records = {name: result_record(result) for name, result in results.items()}
+    rocs = {
+        name: metrics.downsample_roc(result.roc_fpr, result.roc_tpr, roc_points)
+        for name, result in results.items()
+        if result is not None
+    }
+    return records, rocs
+
+
+def evaluate_backbone(
+    backbone: Any,
+    sets: VerificationSets,
+    batch_size: int,
+    roc_points: int | None = 200,
+    flip: bool = True,
+    *,
+    n_folds: int = 10,
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Verification metrics (``VerificationResult.to_dict()``) and down-sampled ROC curves per set.
+
+    A set whose embeddings are non-finite gets ``{"accuracy": None, "error": "non-finite embeddings"}``
+    (and a warning) rather than raising. See :func:`verify_sets` and :func:`verification_records`.
+    """
+    results = verify_sets(backbone, sets, batch_size, flip=flip, n_folds=n_folds)
+    return verification_records(results, roc_points)
+
+
+def evaluate_ijb_sets(
+    backbone: Any,
+    root: str,
+    names: Iterable[str],
+    batch_size: int,
+    roc_points: int | None = 200,
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """IJB-B/C 1:1 template verification (:func:`ekd.eval.evaluate_ijb`) of ``backbone`` on each of
+    ``names`` under ``root``: (``IJBResult.to_dict()``, down-sampled ROC) per lower-cased set name."""
+    records: dict[str, dict] = {}
+    rocs: dict[str, dict] = {}
+    for name in names:
+        result = evaluate_ijb(backbone, root, name=str(name), batch_size=batch_size)
+        key = str(name).lower()  # results files name every set in lower case ("ijbc", "lfw")
+        records[key] = result.to_dict()
+        rocs[key] = metrics.downsample_roc(result.roc_fpr, result.roc_tpr, roc_points)
+    return records, rocs
+
+
+def measure_throughput(backbone: nn.Module, batch_size: int, warmup: int, iterations: int) -> dict[str, Any]:
+    """Inference images/s of ``backbone`` (eval mode, no gradients) on random inputs of its input size.
+
+    Runs on the device of the backbone's parameters; its train/eval mode is restored afterwards.
+    Returns ``images_per_s`` (None when the clock did not advance), ``batch_size``, ``iterations``,
+    ``device`` and ``threads`` (torch's intra-op CPU threads).
+    """
+    parameters = list(backbone.parameters())
+    device = parameters[0].device if parameters else torch.device("cpu")
+    height, width = getattr(backbone, "input_size", (112, 112))
+    images = torch.randn(batch_size, 3, height, width, device=device)
+    was_training = backbone.training
+    backbone.eval()
+
+    def sync() -> None:
+        # CUDA runs asynchronously: without a sync the clock would time the kernel launches only
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                backbone(images)
+            sync()
+            start = time.perf_counter()
+            for _ in range(iterations):
+                backbone(images)
+            sync()
+            elapsed = time.perf_counter() - start
+    finally:
+        backbone.train(was_training)
+    return {
+        "images_per_s": batch_size * iterations / elapsed if elapsed > 0 else None,
+        "batch_size": batch_size,
+        "iterations": iterations,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
