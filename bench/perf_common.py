@@ -7,6 +7,7 @@ runs per batch (the loop overhead is measured separately in bench_lightning_loop
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -16,10 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 
+from ekd.data.batch import FaceBatch, as_face_batch
 from ekd.data.datasets import FaceRecordDataset, write_face_records
 from ekd.data.images import encode_jpeg
-from ekd.distill.cache import EMBEDDINGS_FILE, FLIPPED_FILE, finalize_cache, make_index, prepare_cache
+from ekd.distill.cache import (
+    EMBEDDINGS_FILE,
+    FLIPPED_FILE,
+    TeacherEmbeddingCache,
+    finalize_cache,
+    make_index,
+    prepare_cache,
+)
 from ekd.models import create_backbone, file_sha256
 
 HEAD_KW: dict[str, Any] = {"s": 64.0, "m": 0.5}
@@ -53,24 +63,42 @@ def stand_in_cache(
 
 
 class StepRunner:
-    """One optimisation step of a module on a fixed batch: training_step, backward, SGD step."""
+    """One optimisation step of a module on a fixed batch: training_step, backward, SGD step.
+
+    With ``cache`` (a teacher embedding cache; ``batch`` then carries indices and flips), every step
+    first does what ``FaceDataModule.on_before_batch_transfer`` does per batch: check the labels, look
+    the teacher embeddings up on the CPU and move them to the device with the batch.
+    """
 
     def __init__(
-        self, module: torch.nn.Module, batch: tuple, device: str = "cpu", autocast: str | None = None
+        self,
+        module: torch.nn.Module,
+        batch: tuple | FaceBatch,
+        device: str = "cpu",
+        autocast: str | None = None,
+        cache: TeacherEmbeddingCache | None = None,
     ):
         self.module = module.to(device).train()
-        self.batch = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+        self.host_batch = as_face_batch(batch)
+        self.batch = move_data_to_device(self.host_batch, torch.device(device))
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
         self.device = device
         self.autocast = autocast
+        self.cache = cache
 
     def __call__(self) -> None:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.autocast or "")
+        batch = self.batch
+        if self.cache is not None:
+            host = self.host_batch
+            self.cache.check_labels(host.indices, host.labels)
+            embedding = self.cache.lookup(host.indices, host.flipped).to(self.device, non_blocking=True)
+            batch = dataclasses.replace(batch, teacher_embedding=embedding)
         with torch.autocast(
             device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype is not None
         ):
-            loss = self.module.training_step(self.batch, 0)
+            loss = self.module.training_step(batch, 0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -18,6 +18,7 @@ path (``hydra.searchpath=[file:///path/to/conf]``, ``ekd-demo --config-dir``). S
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
@@ -37,13 +38,25 @@ def import_modules(names: Iterable[str], source: str = "imports") -> list[Module
     for name in names:
         name = str(name)
         try:
-            modules.append(importlib.import_module(name))
+            modules.append(_import(name))
         except Exception as error:
-            cwd = "" if "" in sys.path else " (the working directory is not on sys.path: set PYTHONPATH)"
             raise PluginError(
-                f"{source}: cannot import module {name!r}{cwd}: {type(error).__name__}: {error}"
+                f"{source}: cannot import module {name!r}: {type(error).__name__}: {error}"
             ) from error
     return modules
+
+
+def _import(name: str) -> ModuleType:
+    """``importlib.import_module``; a module not found is looked up in the working directory too (console
+    scripts such as ``ekd-train`` do not put it on ``sys.path``; appended, so it shadows nothing)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        cwd = os.getcwd()
+        if error.name != name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(name)
 
 
 _loaded = False

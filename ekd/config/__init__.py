@@ -79,7 +79,7 @@ def run_uid() -> str:
 def register_experiments(directory: Path = EXPERIMENTS_DIR) -> list[str]:
     """Register ``directory/**/*.yaml`` as the Hydra group ``experiment``; return the names.
 
-    ``experiments/ms1mv2/mobilefacenet/ekd.yaml`` becomes ``experiment=ms1mv2/mobilefacenet/ekd``.
+    ``experiments/ms1mv2/student.yaml`` becomes ``experiment=ms1mv2/student``.
     Hydra names a group after its directory, so a search-path entry could only expose a top-level
     ``experiments/`` folder as a group called ``experiments``; storing the files in the ConfigStore
     keeps the conventional ``experiment=...`` spelling, works the same under every launcher (the store

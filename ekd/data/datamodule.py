@@ -128,8 +128,6 @@ class FaceDataModule(pl.LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
         self._verification: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._teacher_cache: TeacherEmbeddings | None = None
-        # whether the current (or last) fit read teacher embeddings from a cache: results.json reports it
-        self.teacher_cache_used = False
 
     # -- preparation --------------------------------------------------------------------------------
 
@@ -140,7 +138,9 @@ class FaceDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "fit":
-            self.teacher_cache_used = False  # set again when this fit attaches a cache
+            # every fit starts without a cache (runs before the callbacks' setup, where the fit's
+            # TeacherCacheCallback attaches one); it then stays attached after the fit, for the record
+            self.detach_teacher_cache()
         self.dataset  # noqa: B018 - builds (and validates) the training set early
 
     @property
@@ -251,12 +251,11 @@ class FaceDataModule(pl.LightningDataModule):
             return False
         cache.verify_dataset(dataset)
         self._teacher_cache = cache
-        self.teacher_cache_used = True
         log.info("teacher cache %s: teacher embeddings are read from the cache", cache.directory)
         return True
 
     def detach_teacher_cache(self) -> None:
-        """Stop serving teacher embeddings (``teacher_cache_used`` keeps recording the fit that used one)."""
+        """Stop serving teacher embeddings."""
         self._teacher_cache = None
 
     @property
@@ -266,7 +265,11 @@ class FaceDataModule(pl.LightningDataModule):
 
     @property
     def teacher_cache_active(self) -> bool:
-        """Whether training batches carry ``teacher_embedding`` now (a cache is attached)."""
+        """Whether training batches carry ``teacher_embedding`` (a cache is attached).
+
+        Under a Trainer: whether the current fit, or after it the last one, read the teacher's
+        embeddings from a cache (``results.json``'s ``teacher_cache.used``); ``setup("fit")`` detaches.
+        """
         return self._teacher_cache is not None
 
     def add_teacher_embeddings(self, batch: Any) -> Any:

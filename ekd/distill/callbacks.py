@@ -5,7 +5,9 @@ through these callbacks, which ``DistillationModule.configure_callbacks()`` retu
 prototypes may be computed from it).
 
 - :class:`TeacherCacheCallback` attaches the module's teacher embedding cache (``ekd.distill.cache``)
-  to ``trainer.datamodule`` at ``setup("fit")`` and detaches it at ``teardown("fit")``. A datamodule
+  to ``trainer.datamodule`` at ``setup("fit")`` (the datamodule's own ``setup("fit")``, which runs
+  first, detaches the cache of an earlier fit, so a later fit with another teacher never receives
+  this one's embeddings; after the fit ``teacher_cache_active`` still tells whether it used one). A datamodule
   that serves teacher embeddings (:class:`ekd.data.batch.ServesTeacherEmbeddings`, e.g.
   ``ekd.data.FaceDataModule``) verifies the cache against its dataset and fills
   ``FaceBatch.teacher_embedding``; the module uses that field when present and runs its teacher
@@ -77,9 +79,9 @@ class TeacherCacheCallback(pl.Callback):
             self._datamodule = datamodule
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # a later fit with another module (another teacher) must not receive this teacher's embeddings
-        if stage == "fit" and self._datamodule is not None:
-            self._datamodule.detach_teacher_cache()
+        # the datamodule keeps the cache (its teacher_cache_active records the fit) until its next
+        # setup("fit"); the module ignores embeddings unless it was built with this cache
+        if stage == "fit":
             self._datamodule = None
 
 

@@ -61,7 +61,7 @@ the student sees it). A batch that carries ``teacher_embedding`` skips the teach
 runs it. Otherwise (stage-feature objectives such as FitNet, other augmentations, plain loaders) a
 log line says why and the teacher runs online. Teacher prototypes are then computed from the cached
 embeddings (every image and its mirror) instead of a pass of the teacher over the data. Whether a fit
-used the cache: ``FaceDataModule.teacher_cache_used``.
+used the cache: ``FaceDataModule.teacher_cache_active`` (after the fit too).
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ekd import dist
+from ekd.choices import choice_value
 from ekd.data.batch import as_face_batch
 from ekd.heads import AUX_LOSSES
 from ekd.heads.loss import RecognitionLoss
@@ -70,19 +71,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 def plain(value: Any) -> Any:
-    """OmegaConf containers (Hydra arguments) -> plain dicts/lists, so checkpoints stay torch.load-able
-    with ``weights_only=True`` and hparams print cleanly. Other values pass through."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return value
+    """OmegaConf containers (Hydra arguments) -> plain dicts/lists and enum members -> their values, so
+    checkpoints stay torch.load-able with ``weights_only=True`` and hparams print cleanly. Other values
+    pass through."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
     if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(plain(v) for v in value)
-    return value
+    return choice_value(value)
 
 
 def split_weight(name: str, spec: Mapping[str, Any] | None, default: float, what: str) -> tuple[float, dict]:
@@ -175,8 +175,8 @@ class RecognitionModule(pl.LightningModule):
         backbone_kwargs = plain(backbone_kwargs) or {}
         head_kwargs = plain(head_kwargs) or {}
         aux_losses = plain(aux_losses) or {}
-        optim = dataclasses.asdict(as_optim_config(plain(optim)))
-        schedule = dataclasses.asdict(as_schedule_config(plain(schedule)))
+        optim = plain(dataclasses.asdict(as_optim_config(plain(optim))))
+        schedule = plain(dataclasses.asdict(as_schedule_config(plain(schedule))))
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite: expected one of {list(NONFINITE_MODES)}, got {nonfinite!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

@@ -14,11 +14,11 @@ def test_quick_demo_trains_the_rows_and_saves_the_table(tmp_path, monkeypatch, c
     assert "IResNet18/8 (teacher)" in printed and "MobileFaceNet (no KD)" in printed and "| KD |" in printed
     for suffix in ("md", "png", "csv", "tex"):
         assert (out / f"comparison.{suffix}").stat().st_size > 0
-    runs = {r["method"]: r for r in collect_results([out])}
+    runs = {r.method: r for r in collect_results([out])}
     assert set(runs) == {"teacher", "none", "kd"}
     # the students distilled from the teacher trained in the same demo, through the same run function
-    assert runs["kd"]["teacher_checkpoint"] == str(out / "teacher" / "checkpoints" / "last.ckpt")
-    assert runs["kd"]["experiment"] == "synthetic/mobilefacenet/kd"
-    assert {tuple(sorted(r["metrics"])) for r in runs.values()} == {
+    assert runs["kd"].teacher_checkpoint == str(out / "teacher" / "checkpoints" / "last.ckpt")
+    assert runs["kd"].experiment == "synthetic/student"
+    assert {tuple(sorted(r.metrics)) for r in runs.values()} == {
         ("synth_age", "synth_frontal", "synth_pose")
     }

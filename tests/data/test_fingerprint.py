@@ -26,7 +26,7 @@ def test_record_fingerprint_follows_content_not_location(tmp_path):
     data = _write_records(tmp_path / "data")
     reference = dataset_fingerprint(FaceRecordDataset(data))
     assert len(reference) == 64 and int(reference, 16) >= 0  # hex SHA-256
-    assert dataset_fingerprint(FaceRecordDataset(data, flip=False, return_index=True)) == reference
+    assert dataset_fingerprint(FaceRecordDataset(data, flip=False)) == reference
     moved = shutil.copytree(data, tmp_path / "elsewhere")
     assert dataset_fingerprint(FaceRecordDataset(moved)) == reference
     (moved / "property").write_text("5,112,112")  # one more class declared

@@ -19,6 +19,7 @@ from ekd.distill import create as create_objective
 from ekd.distill.cache import (
     BUILDING_MARKER,
     EMBEDDINGS_FILE,
+    FLIPPED_FILE,
     INDEX_FILE,
     TeacherCacheError,
     TeacherCacheMismatchError,
@@ -247,9 +248,8 @@ def test_augmentation_and_stage_objectives_keep_the_online_teacher(setup):
     dataset = FaceRecordDataset(setup["data"], transform=lambda x: x * 0.5)
     assert "transform" in cache_unusable_reason(dataset)
     assert cache_unusable_reason(FaceRecordDataset(setup["data"])) is None
-    assert "cannot report sample indices" in cache_unusable_reason(
-        torch.utils.data.TensorDataset(torch.zeros(1))
-    )
+    no_fingerprint = torch.utils.data.TensorDataset(torch.zeros(1))
+    assert "needs a dataset fingerprint" in cache_unusable_reason(no_fingerprint)
     objectives = {
         "kd": create_objective("kd"),
         "ekd": create_objective("ekd"),
@@ -337,12 +337,12 @@ def _module(setup, objectives, **kwargs):
     return DistillationModule(**options)
 
 
-def _fit(module, root, steps=2):
+def _fit(module, root, steps=2, data=None):
     import pytorch_lightning as pl
 
     from ekd.data.datamodule import FaceDataModule
 
-    data = FaceDataModule(
+    data = data or FaceDataModule(
         source="rec",
         root=str(root),
         sampler="ekd",
@@ -373,7 +373,8 @@ def test_distillation_reads_the_cache_instead_of_running_the_teacher(setup):
     captured = CaptureObjectiveInputs(module.objectives["kd"])
     module.teacher.forward_features = lambda x: pytest.fail("the teacher ran although the cache is active")
     data = _fit(module, setup["data"])
-    assert module.cache_active and data.return_index
+    # the data side served the cache, and still says so after the fit (results.json's teacher_cache.used)
+    assert data.teacher_cache_active
     # what the objective received: the teacher embedding of each row's image as the student saw it
     dataset = FaceRecordDataset(setup["data"], flip=False)
     plain, mirrored = _online(setup["teacher"], dataset)
@@ -406,6 +407,9 @@ def test_stage_objectives_and_augmentation_keep_the_online_teacher(setup, caplog
     assert "the teacher runs online" in caplog.text
     caplog.clear()
     module = _module(setup, {"mimic": {"weight": 1.0}})
+    teacher_calls = []
+    online = module.teacher.forward_features
+    module.teacher.forward_features = lambda x: teacher_calls.append(x.shape[0]) or online(x)
     import pytorch_lightning as pl
 
     # a plain loader (no datamodule): nothing tells the module which image each row is
@@ -422,7 +426,7 @@ def test_stage_objectives_and_augmentation_keep_the_online_teacher(setup, caplog
         module,
         torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.arange(4)), batch_size=4),
     )
-    assert not module.cache_active and "does not come from a datamodule" in caplog.text
+    assert teacher_calls == [4] and "does not come from a datamodule" in caplog.text
 
 
 def test_cache_of_another_teacher_or_dataset_is_refused(setup, tmp_path):
@@ -439,3 +443,84 @@ def test_cache_of_another_teacher_or_dataset_is_refused(setup, tmp_path):
     assert TeacherEmbeddingCache(setup["cache"]).dataset_fingerprint in str(err.value) and expected in str(
         err.value
     )
+
+
+def _datamodule(root, **kwargs):
+    from ekd.data.datamodule import FaceDataModule
+
+    options = dict(source="rec", root=str(root), batch_size=4, flip=True, num_workers=0, val_sets=[])
+    return FaceDataModule(**{**options, **kwargs})
+
+
+def test_the_datamodule_serves_the_cached_embedding_of_each_row(setup, caplog):
+    from ekd.data import FaceBatch
+
+    caplog.set_level("INFO")
+    data = _datamodule(setup["data"])
+    cache = TeacherEmbeddingCache(setup["cache"])
+    assert data.attach_teacher_cache(cache) and data.teacher_cache_active and data.teacher_cache is cache
+    assert "teacher embeddings are read from the cache" in caplog.text
+    # independent of TeacherEmbeddingCache.lookup: the arrays as written, row by row
+    plain = np.load(setup["cache"] / EMBEDDINGS_FILE).astype(np.float32)
+    mirrored = np.load(setup["cache"] / FLIPPED_FILE).astype(np.float32)
+    flips = []
+    for batch in data.train_dataloader():
+        assert batch.teacher_embedding is None  # added in the main process, before the device transfer
+        served = data.on_before_batch_transfer(batch, 0)
+        rows = zip(batch.indices.tolist(), batch.flipped.tolist())
+        expected = [mirrored[i] if f else plain[i] for i, f in rows]
+        assert served.teacher_embedding.dtype == torch.float32
+        np.testing.assert_array_equal(served.teacher_embedding.numpy(), np.stack(expected))
+        flips += batch.flipped.tolist()
+    assert any(flips) and not all(flips)
+    # rows whose labels differ from the cached ones do not refer to the cached dataset: refused
+    wrong = FaceBatch(batch.images, (batch.labels + 1) % 4, batch.indices, batch.flipped)
+    with pytest.raises(TeacherCacheMismatchError, match="in the batch but"):
+        data.add_teacher_embeddings(wrong)
+    data.detach_teacher_cache()
+    assert not data.teacher_cache_active
+    assert data.on_before_batch_transfer(next(iter(data.train_dataloader())), 0).teacher_embedding is None
+    # a transform beyond the flip: not used, with the same log line as before; another dataset: refused
+    caplog.clear()
+    augmented = _datamodule(setup["data"])
+    augmented.dataset.transform = lambda x: x * 0.5
+    assert not augmented.attach_teacher_cache(cache) and not augmented.teacher_cache_active
+    assert "transform" in caplog.text and "the teacher runs online" in caplog.text
+    other = _write_records(setup["base"] / "other_data", labels=[0, 0, 1, 1, 2, 2, 3, 3])
+    with pytest.raises(TeacherCacheMismatchError, match="fingerprint"):
+        _datamodule(other).attach_teacher_cache(cache)
+
+
+def test_the_module_uses_the_batch_teacher_embedding_of_its_own_cache_only(setup):
+    from ekd.data import FaceBatch
+    from tests.lit.common import CaptureObjectiveInputs
+
+    images = torch.rand(4, 3, 112, 112) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 3])
+    given = torch.randn(4, 16)
+    cached = _module(setup, {"mimic": {"weight": 1.0}})
+    capture = CaptureObjectiveInputs(cached.objectives["mimic"])
+    cached.teacher.forward_features = lambda x: pytest.fail("the teacher ran despite the batch's embeddings")
+    cached.training_step(FaceBatch(images, labels, teacher_embedding=given), 0)
+    assert torch.equal(capture.calls[-1][1].embedding, given)
+    # a module without a cache never takes another teacher's embeddings: its own teacher runs
+    online = _module(setup, {"mimic": {"weight": 1.0}}, teacher_cache=None)
+    capture = CaptureObjectiveInputs(online.objectives["mimic"])
+    online.training_step(FaceBatch(images, labels, teacher_embedding=given), 0)
+    with torch.no_grad():
+        expected = online.teacher.forward_features(images).embedding
+    torch.testing.assert_close(capture.calls[-1][1].embedding, expected)
+    with pytest.raises(ValueError, match=r"teacher_embedding has shape \(4, 3\), expected \(4, 16\)"):
+        cached.training_step(FaceBatch(images, labels, teacher_embedding=torch.zeros(4, 3)), 0)
+
+
+def test_a_later_fit_on_the_same_datamodule_starts_without_the_cache(setup):
+    cached = _module(setup, {"mimic": {"weight": 1.0}})
+    data = _fit(cached, setup["data"], steps=1)
+    assert data.teacher_cache_active
+    online = _module(setup, {"mimic": {"weight": 1.0}}, teacher_cache=None)
+    calls = []
+    forward = online.teacher.forward_features
+    online.teacher.forward_features = lambda x: calls.append(x.shape[0]) or forward(x)
+    _fit(online, setup["data"], steps=1, data=data)
+    assert calls == [8] and not data.teacher_cache_active

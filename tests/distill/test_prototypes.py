@@ -8,7 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from ekd.distill.prototypes import compute_class_prototypes, load_or_compute_prototypes
+from ekd.data.batch import FaceBatch
+from ekd.distill.prototypes import (
+    cached_class_prototypes,
+    compute_class_prototypes,
+    load_or_compute_prototypes,
+)
 
 
 class Recorder(nn.Module):
@@ -61,6 +66,28 @@ def test_mapping_batches_and_extra_items():
     assert torch.allclose(compute_class_prototypes(Recorder(), dict_batches, 3), expected(), atol=1e-7)
     tuple_batches = [(x, y, "extra") for x, y in BATCHES]
     assert torch.allclose(compute_class_prototypes(Recorder(), tuple_batches, 3), expected(), atol=1e-7)
+    # the datamodule's batches (the batch contract of ekd/data/batch.py)
+    face_batches = [FaceBatch(x, y, torch.arange(3), torch.zeros(3, dtype=torch.bool)) for x, y in BATCHES]
+    assert torch.allclose(compute_class_prototypes(Recorder(), face_batches, 3), expected(), atol=1e-7)
+
+
+def test_prototypes_from_a_teacher_embedding_cache():
+    """Every cached image and its mirror, read in chunks: the same as a pass over both embeddings."""
+
+    class Cache:
+        num_images = 3
+        labels = [0, 1, 2]
+        plain = torch.tensor([[3.0, 0.0], [0.0, -2.0], [1.0, 1.0]])
+        mirrored = torch.tensor([[0.0, 5.0], [0.0, -1.0], [2.0, 2.0]])
+
+        def lookup(self, indices, flipped):
+            return torch.where(flipped[:, None], self.mirrored[indices], self.plain[indices])
+
+    cache = Cache()
+    both = [(cache.plain, torch.arange(3)), (cache.mirrored, torch.arange(3))]
+    direct = compute_class_prototypes(Recorder(), both, 3)
+    for chunk in (1, 2, 65536):
+        torch.testing.assert_close(cached_class_prototypes(cache, 3, chunk=chunk), direct)
 
 
 def test_errors():

@@ -384,3 +384,51 @@ def test_every_objective_trains_one_step(teacher_files, name):
     # the objective's own parameters (adapters) are optimised
     in_optimizer = {id(p) for g in fit.optimizers[0].param_groups for p in g["params"]}
     assert all(id(p) in in_optimizer for p in module.objectives[name].parameters() if p.requires_grad)
+
+
+def test_the_lightning_modules_never_touch_the_datamodule():
+    """The teacher cache and prototypes reach the module through callbacks and the batch, never by the
+    module reading ``trainer.datamodule`` (no attribute access, no getattr by name)."""
+    import ast
+    from pathlib import Path
+
+    import ekd.lit
+
+    for path in sorted(Path(ekd.lit.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            assert not (isinstance(node, ast.Attribute) and "datamodule" in node.attr), where
+            assert not (isinstance(node, ast.Constant) and node.value == "datamodule"), where
+
+
+class _GuardedData(_Data):
+    """A datamodule that fails any attribute read made from code in ekd.lit (the Lightning modules)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        import sys
+
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("ekd.lit"):
+            raise AssertionError(f"{caller} read datamodule.{name}")
+        return super().__getattribute__(name)
+
+
+def test_prototypes_reach_the_module_through_a_callback(teacher_files):
+    from ekd.distill.callbacks import TeacherPrototypesCallback
+
+    module = distillation_module(
+        teacher_files["plain"], {"kd": {}}, teacher_centres="prototypes", student_head_init="teacher_centres"
+    )
+    (callback,) = module.configure_callbacks()
+    assert isinstance(callback, TeacherPrototypesCallback) and callback.teacher_cache is None
+    trainer(max_steps=1).fit(module, datamodule=_GuardedData())
+    images, labels = loader(batch_size=16).dataset.tensors
+    with torch.no_grad():
+        unit = F.normalize(module.teacher(images).double(), dim=1)
+    expected = torch.stack([F.normalize(unit[labels == c].mean(0), dim=0) for c in range(NUM_CLASSES)])
+    assert torch.allclose(module.teacher_class_centres.double(), expected, atol=1e-5)
+    # head centres need no callback
+    assert distillation_module(teacher_files["ckpt"], {"kd": {}}).configure_callbacks() == []
+    # without a Trainer (or with setup called by hand) the missing prototypes are named
+    with pytest.raises(RuntimeError, match="TeacherPrototypesCallback"):
+        distillation_module(teacher_files["plain"], {"kd": {}}, teacher_centres="prototypes").setup("fit")

@@ -23,7 +23,7 @@ class PoisonBatch(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == BAD_STEP:
-            batch[0][0, 0, 0, 0] = math.nan
+            batch.images[0, 0, 0, 0] = math.nan
 
 
 def _fit(tmp_path, nonfinite: str):

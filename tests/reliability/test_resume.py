@@ -43,7 +43,7 @@ class Record(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(trainer.callback_metrics["train/loss_step"]))
-        images, labels = batch[0], batch[1]
+        images, labels = batch.images, batch.labels
         self.batches.append((labels.tolist(), float(images.double().flip(-1).cumsum(-1).sum())))
 
 

@@ -9,13 +9,16 @@ import math
 
 import pytest
 
+from ekd.config import list_methods
 from ekd.report import (
     FinishedRunError,
     ResultsError,
+    RunResults,
     build_tables,
     check_unfinished,
     collect_results,
     load_paper_table,
+    load_results,
     to_csv,
     to_latex,
     to_markdown,
@@ -23,19 +26,31 @@ from ekd.report import (
 )
 
 
+TEACHER_ROW = {"label": "teacher", "order": 0.0, "paper_row": "ResNet50 (teacher)"}  # experiments/*/teacher
+
+
+def _row(method):
+    """label / order / paper_row as ekd-train records them: the method file's (conf/distill)."""
+    if method == "teacher":
+        return TEACHER_ROW
+    (info,) = [m for m in list_methods() if m.name == method]
+    return {"label": info.label, "order": info.order, "paper_row": info.paper_row}
+
+
 def _result(method, seed, accuracies, student="mobilefacenet", dataset="ms1mv2", **extra):
-    """A results dict with verification accuracies given in percent (stored as fractions)."""
+    """A results record with verification accuracies given in percent (stored as fractions)."""
     metrics = {name: {"accuracy": acc / 100.0, "accuracy_std": 0.001} for name, acc in accuracies.items()}
-    return {
-        "method": method,
-        "dataset": dataset,
-        "student": student,
-        "student_label": {"mobilefacenet": "MobileFaceNet", "iresnet50": "IResNet50"}.get(student, student),
-        "teacher": None if method in ("none", "teacher") else "iresnet50",
-        "seed": seed,
-        "metrics": metrics,
+    return RunResults(
+        method=method,
+        **_row(method),
+        dataset=dataset,
+        student=student,
+        student_label={"mobilefacenet": "MobileFaceNet", "iresnet50": "IResNet50"}.get(student, student),
+        teacher=None if method in ("none", "teacher") else "iresnet50",
+        seed=seed,
+        metrics=metrics,
         **extra,
-    }
+    )
 
 
 @pytest.fixture
@@ -140,8 +155,8 @@ def test_synthetic_sets_become_columns_without_paper_cells(tmp_path):
 
 def test_ijb_columns_and_other_metrics():
     run = _result("none", 0, {"lfw": 99.0})
-    run["metrics"]["lfw"]["tpr_at_fpr"] = {"1e-4": 0.5}
-    run["metrics"]["IJB-C"] = {"tpr_at_fpr": {"1e-4": 0.8913, "1e-5": 0.8165}}
+    run.metrics["lfw"]["tpr_at_fpr"] = {"1e-4": 0.5}
+    run.metrics["IJB-C"] = {"tpr_at_fpr": {"1e-4": 0.8913, "1e-5": 0.8165}}
     (table,) = build_tables([run])
     assert [c.label for c in table.columns] == ["LFW", "IJB-C@1e-4", "IJB-C@1e-5"]
     row = table.row("none")
@@ -162,11 +177,22 @@ def test_paper_table_is_shipped_with_the_package():
 
 
 def test_results_files_round_trip_and_bad_files(tmp_path):
-    path = write_results(tmp_path / "run", _result("kd", 3, {"lfw": 99.0}, extra_value=float("nan")))
+    written = _result("kd", 3, {"lfw": 99.0}, mean_accuracy=float("nan"))
+    path = write_results(tmp_path / "run", written)
     data = json.loads(path.read_text())
-    assert data["format"] == "ekd-results/1" and data["extra_value"] is None  # NaN is not JSON
-    with pytest.raises(ResultsError, match="lack the keys"):
-        write_results(tmp_path / "bad", {"method": "kd"})
+    assert data["format"] == "ekd-results/2" and data["mean_accuracy"] is None  # NaN is not JSON
+    assert (data["label"], data["order"], data["paper_row"]) == ("KD", 30.0, "KD")
+    assert path.stat().st_mode & 0o777 == 0o644
+    read = load_results(path)
+    assert read.path == str(path) and read.metrics == written.metrics and read.label == "KD"
+    with pytest.raises(ResultsError, match=r"missing keys \['dataset', 'student', 'seed', 'metrics'\]"):
+        RunResults.from_dict({"method": "kd"})
+    with pytest.raises(ResultsError, match="unknown keys \\['lr'\\]"):
+        RunResults.from_dict({**data, "lr": 0.1})
+    with pytest.raises(ResultsError, match="'seed' must be an integer"):
+        RunResults.from_dict({**data, "seed": "3"})
+    with pytest.raises(TypeError, match="takes a RunResults record"):
+        write_results(tmp_path / "bad", data)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{not json")
     with pytest.raises(ResultsError, match="broken/results.json is not valid JSON"):
@@ -188,3 +214,38 @@ def test_finished_run_is_refused(tmp_path):
     with pytest.raises(FinishedRunError, match="holds a finished run"):
         check_unfinished(tmp_path)
     check_unfinished(tmp_path, overwrite=True)
+
+
+def test_format_1_files_are_read_with_the_method_files_rows(tmp_path):
+    """results.json of format 1 did not record label / order / paper row: they come from the method file."""
+    (tmp_path / "v1").mkdir()
+    v1 = {"format": "ekd-results/1", "method": "darkrank", "dataset": "ms1mv2", "student": "mobilefacenet"}
+    (tmp_path / "v1" / "results.json").write_text(json.dumps({**v1, "seed": 0, "metrics": {}}))
+    read = load_results(tmp_path / "v1")
+    assert (read.format, read.label, read.order, read.paper_row) == (
+        "ekd-results/2",
+        "DarkRank",
+        40.0,
+        "DarkRank",
+    )
+
+
+def test_rows_follow_the_recorded_order_and_label_without_the_method_file():
+    """A user's method (no file in ekd) is placed and named by what its results recorded."""
+    runs = [
+        _result("none", 0, {"lfw": 99.0}),
+        _result("ekd", 0, {"lfw": 99.5}),
+        RunResults(
+            method="mine",
+            label="My KD",
+            order=15.0,
+            dataset="ms1mv2",
+            student="mobilefacenet",
+            student_label="MobileFaceNet",
+            seed=0,
+            metrics={"lfw": {"accuracy": 0.992}},
+        ),
+    ]
+    (table,) = build_tables(runs)
+    assert [r.label for r in table.rows] == ["MobileFaceNet (no KD)", "My KD", "EKD"]
+    assert table.row("mine").delta["LFW"] == pytest.approx(0.2)
