@@ -39,9 +39,9 @@ def build(args: argparse.Namespace) -> dict[str, StepRunner]:
         directory, args.teacher, teacher_path, num_images=4 * args.batch, num_classes=args.classes
     )
     common = dict(
-        backbone=args.student,
+        student={"name": args.student},
         num_classes=args.classes,
-        head_kwargs=HEAD_KW,
+        head={"kwargs": HEAD_KW},
         optim={"lr": 0.1},
         schedule={"name": "constant"},
     )
@@ -53,15 +53,10 @@ def build(args: argparse.Namespace) -> dict[str, StepRunner]:
     flipped = indices % 2 == 0
 
     plain = RecognitionModule(**common)
-    online = DistillationModule(
-        **common, teacher=args.teacher, teacher_checkpoint=str(teacher_path), objectives=objectives
-    )
+    teacher = {"name": args.teacher, "checkpoint": str(teacher_path)}
+    online = DistillationModule(**common, teacher=teacher, distill={"objectives": objectives})
     cached = DistillationModule(
-        **common,
-        teacher=args.teacher,
-        teacher_checkpoint=str(teacher_path),
-        objectives=objectives,
-        teacher_cache=str(cache_dir),
+        **common, teacher=teacher, distill={"objectives": objectives, "teacher_cache": str(cache_dir)}
     )
     assert isinstance(cached.teacher_cache, TeacherEmbeddingCache)
     # each step looks the batch up in the cache, as FaceDataModule does before the device transfer

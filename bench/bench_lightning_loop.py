@@ -27,9 +27,9 @@ from ekd.lit.recognition import RecognitionModule
 def _module(args: argparse.Namespace) -> RecognitionModule:
     torch.manual_seed(0)
     return RecognitionModule(
-        backbone=args.backbone,
+        student={"name": args.backbone},
         num_classes=args.classes,
-        head_kwargs=HEAD_KW,
+        head={"kwargs": HEAD_KW},
         optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
         schedule={"name": "constant"},
     )

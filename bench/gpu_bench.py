@@ -33,19 +33,23 @@ from ekd.lit.recognition import RecognitionModule
 
 def _variants(args: argparse.Namespace, student: str, teacher: str, teacher_path, cache_dir, labels) -> dict:
     common = dict(
-        backbone=student,
+        student={"name": student},
         num_classes=args.classes,
-        head_kwargs=HEAD_KW,
+        head={"kwargs": HEAD_KW},
         optim={"lr": 0.1},
         schedule={"name": "constant"},
         channels_last=args.channels_last,
     )
-    distill = dict(teacher=teacher, teacher_checkpoint=str(teacher_path), objectives={"ekd": {"weight": 1.0}})
+    teacher_section = {"name": teacher, "checkpoint": str(teacher_path)}
+    objectives = {"ekd": {"weight": 1.0}}
+    distill = dict(teacher=teacher_section, distill={"objectives": objectives})
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, 112, 112, generator=generator) * 2 - 1
     indices = torch.arange(args.batch)
     flipped = indices % 2 == 0
-    cached = DistillationModule(**common, **distill, teacher_cache=str(cache_dir))
+    cached = DistillationModule(
+        **common, teacher=teacher_section, distill={"objectives": objectives, "teacher_cache": str(cache_dir)}
+    )
     autocast = None if args.precision == "32" else args.precision
     # each step looks the batch up in the cache, as FaceDataModule does before the device transfer
     served = FaceBatch(images, labels, indices, flipped)

@@ -80,19 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# where ekd.lit's modules record each network in their hyper-parameters (RecognitionModule and
-# DistillationModule): name key, options key, embedding-size key (the teacher's size lives in its options)
-HPARAM_KEYS: dict[str, tuple[str, str, str | None]] = {
-    "student": ("backbone", "backbone_kwargs", "embedding_size"),
-    "teacher": ("teacher", "teacher_kwargs", None),
-}
-
-
 def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | None, dict]:
-    """(name, embedding_size, kwargs) of the network under ``prefix`` recorded in a checkpoint's hparams."""
+    """(name, embedding_size, kwargs) of the network under ``prefix`` (``student.`` or ``teacher.``) as
+    ekd.lit's modules record it in a checkpoint's hparams: a ``BackboneConfig`` section of that name."""
     hint = "pass --backbone NAME (and --embedding-size / --backbone-kwargs when not the defaults)"
     network = (prefix or "student.").rstrip(".")
-    if network not in HPARAM_KEYS:
+    if network not in ("student", "teacher"):
         raise SystemExit(f"ekd-eval: the backbone under prefix {prefix!r} is not recorded by name; {hint}")
     from ekd.models import CheckpointError, read_checkpoint
 
@@ -101,12 +94,10 @@ def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | Non
     except (CheckpointError, OSError) as error:  # e.g. untrusted pickled hyper-parameter types
         raise SystemExit(f"ekd-eval: cannot read the backbone name from {path} ({error}); {hint}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
-    name_key, kwargs_key, size_key = HPARAM_KEYS[network]
-    if not isinstance(hparams, Mapping) or not isinstance(hparams.get(name_key), str):
-        raise SystemExit(f"ekd-eval: {path} records no '{name_key}' name in its hyper_parameters; {hint}")
-    kwargs = dict(hparams.get(kwargs_key) or {})
-    size = hparams.get(size_key) if size_key else kwargs.pop("embedding_size", None)
-    return hparams[name_key], size, kwargs
+    section = hparams.get(network) if isinstance(hparams, Mapping) else None
+    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
+        raise SystemExit(f"ekd-eval: {path} records no '{network}' backbone in its hyper_parameters; {hint}")
+    return section["name"], section.get("embedding_size"), dict(section.get("kwargs") or {})
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, str]:

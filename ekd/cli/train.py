@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from ekd.config import (
     CONF_DIR,
     REPO_ROOT,
+    ConfigError,
     check_config,
     instantiate_entries,
     register_configs,
@@ -50,8 +51,15 @@ from ekd.config import (
 # Hydra composes the config inside ``main``; the ConfigStore entries must exist before that.
 register_configs()
 
+__all__ = ["ConfigError", "build_datamodule", "build_trainer", "main", "run"]
+
 RESOLVED_CONFIG = "config.yaml"
 BACKBONE_FILE = "backbone.pth"
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """``cfg.data`` (its ``_target_``: ``ekd.data.FaceDataModule``) with the run's seed."""
+    return hydra.utils.instantiate(cfg.data, seed=cfg.seed, _convert_="object")
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], callbacks: list[Any]) -> Any:
@@ -108,7 +116,7 @@ def run(
     (output_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data, seed=cfg.seed, _convert_="object")
+    datamodule = build_datamodule(cfg)
     module = build_module(cfg, num_classes=datamodule.num_classes, batch_layout=datamodule.batch_layout)
     loggers = instantiate_entries(cfg.logger, "logger")
     for logger in loggers:

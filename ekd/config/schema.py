@@ -27,9 +27,10 @@ from typing import Any, Optional  # noqa: UP035  (OmegaConf resolves these annot
 
 from omegaconf import MISSING
 
-from ekd.choices import Nonfinite, Sampler, StudentHeadInit, TeacherCentres
+from ekd.choices import Nonfinite, Sampler
 from ekd.data.synthetic import SyntheticConfig
 from ekd.lit.optim import OptimConfig, ScheduleConfig
+from ekd.lit.sections import BackboneConfig, DistillConfig, HeadConfig
 
 # OmegaConf 2.3 reads the annotations with ``typing.get_type_hints``; ``Optional[X]`` and ``dict``/``list``
 # generics are what it understands (no ``X | None`` on Python 3.10), hence the older spelling below.
@@ -45,7 +46,7 @@ class DataConfig:
     source: str = MISSING  # a data source of the registry (ekd.data.DATA_SOURCES): synthetic, rec, folder
     root: Optional[str] = None  # directory of the .rec/.idx/property (+ .bin) files, or an image folder
     val_sets: Optional[list[str]] = None  # verification sets; None = the datamodule's defaults
-    sampler: Sampler = Sampler.random
+    sampler: Sampler = Sampler.random  # random, ekd (general + identity-balanced) or pk
     batch_size: int = 128  # per device, used by the random sampler
     general: int = 32  # EKD sampler: uniform images per device
     identities: int = 8  # EKD / PK samplers: identities per device
@@ -55,53 +56,7 @@ class DataConfig:
     pin_memory: bool = True
     persistent_workers: bool = True
     synthetic: Optional[SyntheticConfig] = None  # the synthetic benchmark's generator (source=synthetic)
-
-
-@dataclass
-class BackboneConfig:
-    """A backbone from the registry (``ekd.models.create_backbone``)."""
-
-    name: str = MISSING  # registry name: mobilefacenet, mbf, iresnet18, iresnet50, timm/<model>, ...
-    label: str = ""  # display name in tables; the registry name when empty
-    embedding_size: int = 512
-    kwargs: dict[str, Any] = field(default_factory=dict)  # factory options (width, dropout, ...)
-    checkpoint: Optional[str] = None  # teacher: backbone state_dict (insightface backbone.pth layout)
-
-
-@dataclass
-class HeadConfig:
-    """The student's recognition head (``ekd.heads.create``)."""
-
-    name: str = MISSING  # softmax, normface, sphereface, cosface, arcface, combined
-    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {s: 64, m: 0.5}
-    sharded: bool = False  # class centres split over ranks (partial-FC style)
-    sample_rate: float = 1.0  # fraction of negative class centres sampled per step (sharded head)
-
-
-@dataclass
-class DistillConfig:
-    """A method: one row of the comparison (conf/distill/<method>.yaml is one method file).
-
-    ``objectives`` are the weighted distillation losses (empty: the "no KD" row, recognition loss only);
-    ``label``, ``order``, ``paper_row`` and ``demo`` say how the row appears in ``ekd-table`` (and are
-    recorded in ``results.json``, so the table never needs the code that defined the method) and
-    whether ``ekd-demo`` runs it by default.
-    """
-
-    method: str = "none"  # the row's key: none, kd, rkd, ekd, kd_rkd, sp_tface, ...
-    label: str = "${.method}"  # the row's name in tables
-    order: float = 1000.0  # rows are sorted by it (the EKD paper's Table 2 order for its methods)
-    paper_row: Optional[str] = None  # the row of ekd/report/paper_tables.csv (table2) it reproduces
-    demo: bool = False  # ekd-demo runs it when --methods is not given
-    objectives: dict[str, Any] = field(default_factory=dict)  # name -> {weight: w, **hparams}
-    teacher_centres: TeacherCentres = TeacherCentres.auto
-    prototype_cache: Optional[str] = None
-    # folder written by ``ekd-cache build`` (same teacher file and training set): the teacher's embeddings
-    # are read from it instead of computed, unless an objective needs its stage feature maps
-    teacher_cache: Optional[str] = None
-    teacher_logit_scale: float = 64.0
-    student_head_init: StudentHeadInit = StudentHeadInit.none
-    save_teacher: bool = False
+    source_options: dict[str, Any] = field(default_factory=dict)  # further options of a user's data source
 
 
 @dataclass
@@ -159,7 +114,8 @@ class BenchmarkConfig:
 class TrainConfig:
     """The whole ``ekd-train`` configuration (base of ``conf/train.yaml``)."""
 
-    # the table row: the method's unless an experiment says otherwise (the "teacher" row)
+    # the table row: the method's unless an experiment says otherwise (the "teacher" row). The student,
+    # teacher, head and distill sections are ekd.lit.sections' dataclasses, what the modules take.
     method: str = "${distill.method}"
     label: str = "${distill.label}"
     order: float = "${distill.order}"  # type: ignore[assignment]  # an interpolation, resolved to a float

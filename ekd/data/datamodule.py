@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ekd.choices import Sampler, parse_choice
 from ekd.data.batch import FaceBatch, IndexedDataset, TeacherEmbeddings, collate_face_batch
 from ekd.data.bins import load_bin
 from ekd.data.errors import DataError
@@ -32,7 +33,6 @@ from ekd.data.synthetic import SyntheticConfig
 from ekd.registry import RegistryError
 
 # a closed choice: each sampler needs its own arguments (general / identities / images_per_identity)
-SAMPLERS = ("random", "ekd", "pk")
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class FaceDataModule(pl.LightningDataModule):
     """Face training data and verification sets for Lightning.
 
     Args:
+        name: the dataset's label in run names and tables (``ms1mv2``, ``synthetic``; default: ``source``).
         source: a registered data source (``ekd.data.DATA_SOURCES``): "synthetic" (generated into
             ``root`` when it lacks train.rec), "rec" (insightface train.rec/.idx/property in ``root``),
             "folder" (one sub-folder of images per identity) or one registered by the user.
@@ -72,6 +73,7 @@ class FaceDataModule(pl.LightningDataModule):
     def __init__(
         self,
         source: str = "synthetic",
+        name: str | None = None,
         root: str | None = None,
         val_sets: list[str] | None = None,
         sampler: str = "random",
@@ -88,8 +90,10 @@ class FaceDataModule(pl.LightningDataModule):
         source_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise DataError(f"FaceDataModule sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+        try:
+            sampler = parse_choice(Sampler, sampler, "FaceDataModule sampler", "sampler").value
+        except ValueError as err:
+            raise DataError(str(err)) from None
         for name, value in (("batch_size", batch_size), ("general", general), ("identities", identities),
                             ("images_per_identity", images_per_identity)):  # fmt: skip
             if not isinstance(value, int) or value < 1:
@@ -110,6 +114,7 @@ class FaceDataModule(pl.LightningDataModule):
             self.data_source.config if isinstance(self.data_source, SyntheticSource) else None
         )
         self.source = source
+        self.name = name or source
         self.root = self.data_source.root
         self.val_set_specs = list(val_sets) if val_sets is not None else None
         self.sampler_name = sampler

@@ -3,11 +3,18 @@
     L = recognition_weight * CE(student head, rows[:recognition_rows]) + sum_a w_a L_aux
         + sum_k w_k L_k(student Features, teacher Features, labels)
 
-The teacher is ``load_backbone(teacher, teacher_checkpoint)`` — a missing or mismatching file is an
-error, never a random teacher. It is frozen: ``requires_grad=False``, kept in eval mode even when
+Arguments: RecognitionModule's, plus ``teacher`` (a :class:`~ekd.lit.sections.BackboneConfig` with
+its ``checkpoint``), ``distill`` (a :class:`~ekd.lit.sections.DistillConfig`: the objectives and the
+options below), ``batch_layout`` (row counts of the batch parts in batch order, for
+``gather_global``; a mapping such as ``FaceDataModule.batch_layout`` gives them as its values),
+``teacher_prefix`` (key prefix inside a Lightning teacher checkpoint; default ``student.``) and
+``teacher_sha256`` (expected hash of the teacher file; filled in automatically).
+
+The teacher is ``load_backbone(teacher.name, teacher.checkpoint)`` — a missing or mismatching file is
+an error, never a random teacher. It is frozen: ``requires_grad=False``, kept in eval mode even when
 Lightning calls ``.train()`` (so its BN statistics never move), run under ``torch.no_grad``, left out
 of the optimizer and, unless ``save_teacher``, out of checkpoints (``teacher.*`` keys are dropped on
-save and re-read from ``teacher_checkpoint`` on load; the file's SHA-256 is recorded in the hparams
+save and re-read from ``teacher.checkpoint`` on load; the file's SHA-256 is recorded in the hparams
 as ``teacher_sha256`` and checked on every later construction, so a resumed run cannot silently
 switch teachers).
 
@@ -66,6 +73,7 @@ used the cache: ``FaceDataModule.teacher_cache_active`` (after the fit too).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -76,6 +84,7 @@ import torch.nn.functional as F
 from pytorch_lightning import Callback
 from torch import nn
 
+from ekd.choices import StudentHeadInit, TeacherCentres
 from ekd.data.batch import as_face_batch
 from ekd.distill import OBJECTIVES, Objective, ObjectiveContext, gather_global
 from ekd.distill import create as create_objective
@@ -88,14 +97,12 @@ from ekd.lit.recognition import (
     plain,
     split_weight,
 )
+from ekd.lit.sections import BackboneConfig, DistillConfig, as_section
 from ekd.models.features import Features
 from ekd.models.loading import file_sha256, load_backbone
 from ekd.registry import accepted_options
 
 log = logging.getLogger(__name__)
-
-TEACHER_CENTRES: tuple[str, ...] = ("auto", "head", "prototypes")
-STUDENT_HEAD_INIT: tuple[str, ...] = ("none", "teacher_centres", "freeze_teacher_centres")
 
 
 def _stage_shapes(backbone: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -118,68 +125,62 @@ def _features_spec(backbone: nn.Module, embedding_size: int, logits_classes: int
 class DistillationModule(RecognitionModule):
     """``self.student`` + head ``self.recognition`` + frozen ``self.teacher`` + ``self.objectives``.
 
-    Arguments beyond RecognitionModule's: see the module docstring. Added to the documented interface:
-    ``teacher_prefix`` (key prefix inside a Lightning teacher checkpoint; default: ``student.``, i.e.
-    the network a RecognitionModule trained) and ``teacher_sha256`` (expected hash of the teacher
-    file; filled in automatically and checked when the module is rebuilt from a checkpoint).
+    Arguments beyond RecognitionModule's: see the module docstring.
     """
 
     def __init__(
         self,
-        backbone: str,
+        student: BackboneConfig | Mapping[str, Any],
         num_classes: int,
-        teacher: str,
-        teacher_checkpoint: str,
-        objectives: dict[str, dict] | None = None,
-        teacher_kwargs: dict | None = None,
-        teacher_centres: str = "auto",
-        prototype_cache: str | None = None,
-        teacher_logit_scale: float = 64.0,
-        student_head_init: str = "none",
-        batch_layout: list[int] | None = None,
-        save_teacher: bool = False,
+        teacher: BackboneConfig | Mapping[str, Any],
+        distill: DistillConfig | Mapping[str, Any] | None = None,
+        batch_layout: list[int] | Mapping[str, int] | None = None,
         teacher_prefix: str | None = None,
         teacher_sha256: str | None = None,
-        teacher_cache: str | None = None,
         **recognition_kwargs: Any,
     ) -> None:
-        objectives = plain(objectives) or {}
-        teacher_kwargs = plain(teacher_kwargs) or {}
-        batch_layout = None if batch_layout is None else [int(n) for n in plain(batch_layout)]
-        if teacher_centres not in TEACHER_CENTRES:
-            raise ValueError(
-                f"teacher_centres: expected one of {list(TEACHER_CENTRES)}, got {teacher_centres!r}"
-            )
-        if student_head_init not in STUDENT_HEAD_INIT:
-            raise ValueError(
-                f"student_head_init: expected one of {list(STUDENT_HEAD_INIT)}, got {student_head_init!r}"
-            )
-        if not teacher_logit_scale > 0:
-            raise ValueError(f"teacher_logit_scale must be > 0, got {teacher_logit_scale!r}")
+        teacher_config = as_section(BackboneConfig, plain(teacher), "teacher")
+        distill_config = as_section(DistillConfig, plain(distill), "distill")
+        # plain containers in hparams (RecognitionModule.__init__ saves this frame's arguments too)
+        teacher = plain(dataclasses.asdict(teacher_config))
+        distill = plain(dataclasses.asdict(distill_config))
+        batch_layout = plain(batch_layout)
+        if isinstance(batch_layout, Mapping):  # FaceDataModule.batch_layout: {"general": G, "balanced": B}
+            batch_layout = list(batch_layout.values())  # insertion order = row order
+        batch_layout = None if batch_layout is None else [int(n) for n in batch_layout]
         if batch_layout is not None and (not batch_layout or any(n < 1 for n in batch_layout)):
             raise ValueError(
                 f"batch_layout must be a non-empty list of positive row counts, got {batch_layout}"
             )
-        if not isinstance(objectives, Mapping):
-            raise ValueError(f"objectives must map names to {{weight: ..., <hparams>}}, got {objectives!r}")
-        if not teacher_checkpoint:
-            raise ValueError("teacher_checkpoint is required: distillation never runs with a random teacher")
-        if not os.path.isfile(teacher_checkpoint):
+        checkpoint = teacher_config.checkpoint
+        if not checkpoint:
+            raise ValueError("teacher.checkpoint is required: distillation never runs with a random teacher")
+        if not os.path.isfile(checkpoint):
             raise FileNotFoundError(
-                f"teacher checkpoint {str(teacher_checkpoint)!r} does not exist (distillation needs the "
+                f"teacher checkpoint {str(checkpoint)!r} does not exist (distillation needs the "
                 "trained teacher's weights; it never falls back to a random teacher)"
             )
-        actual_sha256 = file_sha256(teacher_checkpoint)
+        actual_sha256 = file_sha256(checkpoint)
         if teacher_sha256 is not None and teacher_sha256 != actual_sha256:
             raise ValueError(
-                f"teacher checkpoint {teacher_checkpoint!r} has SHA-256 {actual_sha256}, but this run was "
+                f"teacher checkpoint {checkpoint!r} has SHA-256 {actual_sha256}, but this run was "
                 f"made with a teacher file of SHA-256 {teacher_sha256}: the teacher file changed"
             )
         teacher_sha256 = actual_sha256
-        # RecognitionModule.__init__ calls save_hyperparameters(), which also collects this frame's arguments
-        super().__init__(backbone, num_classes, **recognition_kwargs)
+        super().__init__(student, num_classes, **recognition_kwargs)
+        self.teacher_config = teacher_config
+        self.distill_config = distill_config
+        objectives = distill_config.objectives
+        student_head_init = distill_config.student_head_init
+        embedding_size = self.student_config.embedding_size
 
-        self.teacher = load_backbone(teacher, teacher_checkpoint, prefix=teacher_prefix, **teacher_kwargs)
+        self.teacher = load_backbone(
+            teacher_config.name,
+            checkpoint,
+            prefix=teacher_prefix,
+            embedding_size=teacher_config.embedding_size,
+            **teacher_config.kwargs,
+        )
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         if self.hparams.channels_last:
@@ -190,7 +191,7 @@ class DistillationModule(RecognitionModule):
         self.objective_weights: dict[str, float] = {}
         context = ObjectiveContext(
             num_classes=num_classes,
-            student_embedding_size=int(self.hparams.embedding_size),
+            student_embedding_size=embedding_size,
             teacher_embedding_size=teacher_dim,
             student_shapes=_stage_shapes(self.student),
             teacher_shapes=_stage_shapes(self.teacher),
@@ -206,33 +207,35 @@ class DistillationModule(RecognitionModule):
         needs_centres = (
             self.needs_logits
             or any(obj.needs_teacher_centres for obj in self.objectives.values())
-            or student_head_init != "none"
+            or student_head_init != StudentHeadInit.none
         )
         if self.needs_logits and self.recognition is None:
             users = [k for k, obj in self.objectives.items() if "logits" in obj.requires]
             raise ValueError(
                 f"distillation objectives {users} need student logits, but the student has no head"
             )
-        if student_head_init != "none":
+        if student_head_init != StudentHeadInit.none:
             if self.recognition is None:
                 raise ValueError(
-                    f"student_head_init={student_head_init!r} needs a student head (head is None)"
+                    f"student_head_init={student_head_init.value!r} needs a student head (head is None)"
                 )
-            if teacher_dim != self.hparams.embedding_size:
+            if teacher_dim != embedding_size:
                 raise ValueError(
-                    f"student_head_init={student_head_init!r} copies {teacher_dim}-d teacher centres into a "
-                    f"{self.hparams.embedding_size}-d student head: the embedding sizes must match"
+                    f"student_head_init={student_head_init.value!r} copies {teacher_dim}-d teacher centres "
+                    f"into a {embedding_size}-d student head: the embedding sizes must match"
                 )
 
         # C x D teacher centres (non-persistent: re-derived from the teacher file or the prototypes)
         self.register_buffer("teacher_class_centres", torch.empty(0, teacher_dim), persistent=False)
         self.centres_source: str | None = None
         if needs_centres:
-            self.centres_source = self._resolve_centres(teacher_centres, teacher_checkpoint, teacher_dim)
+            self.centres_source = self._resolve_centres(
+                distill_config.teacher_centres, checkpoint, teacher_dim
+            )
 
         # requires checks: every field every objective needs, on both sides, before any training
         student_spec = _features_spec(
-            self.student, self.hparams.embedding_size, num_classes if self.needs_logits else None
+            self.student, embedding_size, num_classes if self.needs_logits else None
         )
         teacher_spec = _features_spec(self.teacher, teacher_dim, num_classes if self.needs_logits else None)
         for obj in self.objectives.values():
@@ -243,13 +246,13 @@ class DistillationModule(RecognitionModule):
         # dataset at fit start (TeacherCacheCallback) and serves FaceBatch.teacher_embedding
         self.teacher_cache: TeacherEmbeddingCache | None = None
         self._batch_teacher_embedding: torch.Tensor | None = None  # of the batch in training_step
-        if teacher_cache:
-            cache = TeacherEmbeddingCache(teacher_cache)
-            cache.verify_teacher(teacher_sha256, teacher, teacher_checkpoint)
+        if distill_config.teacher_cache:
+            cache = TeacherEmbeddingCache(distill_config.teacher_cache)
+            cache.verify_teacher(teacher_sha256, teacher_config.name, checkpoint)
             if cache.embedding_size != teacher_dim:
                 raise TeacherCacheMismatchError(
-                    f"teacher cache {teacher_cache} holds {cache.embedding_size}-d embeddings, the teacher "
-                    f"{teacher!r} gives {teacher_dim}-d ones"
+                    f"teacher cache {distill_config.teacher_cache} holds {cache.embedding_size}-d "
+                    f"embeddings, the teacher {teacher_config.name!r} gives {teacher_dim}-d ones"
                 )
             users = stage_feature_users(self.objectives)
             if users:
@@ -300,16 +303,16 @@ class DistillationModule(RecognitionModule):
                 "head, but the student has no head (head is None)"
             )
 
-    def _resolve_centres(self, mode: str, checkpoint: str, teacher_dim: int) -> str:
+    def _resolve_centres(self, mode: TeacherCentres, checkpoint: str, teacher_dim: int) -> str:
         """Load head centres now ("head", or "auto" when present); else defer to prototypes at fit start."""
-        if mode == "prototypes":
+        if mode == TeacherCentres.prototypes:
             return "prototypes"
         centres = load_class_centres(checkpoint)
         num_classes = self.hparams.num_classes
         if centres is not None and tuple(centres.shape) == (num_classes, teacher_dim):
             self.set_teacher_centres(centres)
             return "head"
-        if mode == "head":
+        if mode == TeacherCentres.head:
             found = "no recognition head" if centres is None else f"a head of shape {tuple(centres.shape)}"
             raise ValueError(
                 f"teacher_centres='head': teacher checkpoint {checkpoint!r} has {found}, expected "
@@ -331,12 +334,13 @@ class DistillationModule(RecognitionModule):
                 obj.set_teacher_centres(self.teacher_class_centres)
 
     def _init_student_head(self) -> None:
-        mode = self.hparams.student_head_init
-        if mode == "none" or self.teacher_class_centres.numel() == 0:
+        mode = self.distill_config.student_head_init
+        if mode == StudentHeadInit.none or self.teacher_class_centres.numel() == 0:
             return
         # direction is what the normalised heads use; unit rows also suit heads with ||W|| in the logit
         self.recognition.set_centres(
-            F.normalize(self.teacher_class_centres, dim=1), freeze=mode == "freeze_teacher_centres"
+            F.normalize(self.teacher_class_centres, dim=1),
+            freeze=mode == StudentHeadInit.freeze_teacher_centres,
         )
 
     def setup(self, stage: str) -> None:
@@ -369,7 +373,7 @@ class DistillationModule(RecognitionModule):
                 TeacherPrototypesCallback(
                     self.hparams.num_classes,
                     self.hparams.teacher_sha256,
-                    prototype_cache=self.hparams.prototype_cache,
+                    prototype_cache=self.distill_config.prototype_cache,
                     teacher_cache=cache_callback,
                 )
             )
@@ -377,7 +381,9 @@ class DistillationModule(RecognitionModule):
 
     def _cache_not_used(self, reason: str) -> None:
         log.warning(
-            "teacher cache %s not used: %s; the teacher runs online", self.hparams.teacher_cache, reason
+            "teacher cache %s not used: %s; the teacher runs online",
+            self.distill_config.teacher_cache,
+            reason,
         )
 
     # -------------------------------------------------------------------------------- mode / optim
@@ -407,7 +413,9 @@ class DistillationModule(RecognitionModule):
                 "call set_teacher_centres() when using the module outside Trainer.fit"
             )
         centres = F.normalize(self.teacher_class_centres.to(embedding.dtype), dim=1)
-        return self.hparams.teacher_logit_scale * F.linear(F.normalize(embedding.detach(), dim=1), centres)
+        return self.distill_config.teacher_logit_scale * F.linear(
+            F.normalize(embedding.detach(), dim=1), centres
+        )
 
     def loss_terms(
         self, images: torch.Tensor, labels: torch.Tensor
@@ -481,15 +489,15 @@ class DistillationModule(RecognitionModule):
     # --------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if not self.hparams.save_teacher:
+        if not self.distill_config.save_teacher:
             state = checkpoint.get("state_dict", {})
             for key in [k for k in state if k.startswith("teacher.")]:
                 del state[key]
         checkpoint[CHECKPOINT_META_KEY]["teacher"] = {
-            "name": self.hparams.teacher,
-            "path": str(self.hparams.teacher_checkpoint),
+            "name": self.teacher_config.name,
+            "path": str(self.teacher_config.checkpoint),
             "sha256": self.hparams.teacher_sha256,
-            "saved": bool(self.hparams.save_teacher),
+            "saved": bool(self.distill_config.save_teacher),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -498,7 +506,7 @@ class DistillationModule(RecognitionModule):
         if recorded is not None and recorded != self.hparams.teacher_sha256:
             raise ValueError(
                 f"this checkpoint was trained with a teacher file of SHA-256 {recorded}, but "
-                f"{self.hparams.teacher_checkpoint!r} has SHA-256 {self.hparams.teacher_sha256}"
+                f"{self.teacher_config.checkpoint!r} has SHA-256 {self.hparams.teacher_sha256}"
             )
         state = checkpoint.get("state_dict")
         if state is not None and not any(k.startswith("teacher.") for k in state):

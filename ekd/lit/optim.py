@@ -27,7 +27,6 @@ margin heads and adapters are ordinary weights and are decayed. Frozen parameter
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from ekd.choices import OptimName, ScheduleName, parse_choice
-
+from ekd.lit.sections import as_section
 
 # Layers whose affine parameters are scale/shift of a normalisation, not feature detectors.
 _NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -110,30 +109,14 @@ class ScheduleConfig:
             raise ValueError(f"schedule.min_lr must be >= 0, got {self.min_lr}")
 
 
-def _coerce(cls: type, value: Any, key: str) -> Any:
-    """``cls`` from an instance, a mapping (Hydra / OmegaConf dict) or None (defaults)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping) or hasattr(value, "items"):
-        known = {f.name for f in dataclasses.fields(cls)}
-        given = dict(value.items())
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise ValueError(f"{key}: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**given)
-    raise TypeError(f"{key}: expected a {cls.__name__}, a mapping or None, got {type(value).__name__}")
-
-
 def as_optim_config(value: OptimConfig | Mapping[str, Any] | None) -> OptimConfig:
     """An :class:`OptimConfig` from a config, a mapping (unknown keys are an error) or None."""
-    return _coerce(OptimConfig, value, "optim")
+    return as_section(OptimConfig, value, "optim")
 
 
 def as_schedule_config(value: ScheduleConfig | Mapping[str, Any] | None) -> ScheduleConfig:
     """A :class:`ScheduleConfig` from a config, a mapping (unknown keys are an error) or None."""
-    return _coerce(ScheduleConfig, value, "schedule")
+    return as_section(ScheduleConfig, value, "schedule")
 
 
 def _is_no_decay(module: nn.Module, param_name: str) -> bool:

@@ -51,15 +51,15 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ekd import dist
-from ekd.choices import choice_value
+from ekd.choices import Nonfinite, choice_value, parse_choice
 from ekd.data.batch import as_face_batch
 from ekd.heads import AUX_LOSSES
 from ekd.heads.loss import RecognitionLoss
 from ekd.lit.optim import as_optim_config, as_schedule_config, build_optimizer, build_scheduler, param_groups
+from ekd.lit.sections import BackboneConfig, HeadConfig, as_section
 from ekd.models import create_backbone, read_checkpoint
 from ekd.registry import accepted_options
 
-NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
 # Checkpoint entry with what the loaders need to know about our checkpoints (see load_class_centres).
 CHECKPOINT_META_KEY = "ekd"
 # Where RecognitionLoss keeps the centres (replicated head / sharded head, whose state_dict holds all rows).
@@ -145,40 +145,44 @@ def load_class_centres(checkpoint_path: str) -> torch.Tensor | None:
 class RecognitionModule(pl.LightningModule):
     """Backbone + margin head (+ center / triplet losses); see the module docstring.
 
-    Arguments added to the documented interface: ``recognition_weight`` (scale of the cross-entropy,
-    0 keeps it logged but untrained), ``steps_per_epoch`` (needed only when the train loader has no
-    length), ``fp32_losses`` (see the module docstring).
+    Args:
+        student: the trained backbone (:class:`~ekd.lit.sections.BackboneConfig` or a mapping of it).
+        num_classes: identities of the training set.
+        head: the margin head (:class:`~ekd.lit.sections.HeadConfig`; default ArcFace); None: no head.
+        aux_losses: ``{name: {weight: w, **hparams}}`` of ``ekd.heads.AUX_LOSSES`` (center, triplet).
+        recognition_rows: cross-entropy on the first rows of each batch only (None: all rows).
+        optim, schedule: :class:`~ekd.lit.optim.OptimConfig` / ``ScheduleConfig`` (or mappings).
+        channels_last, nonfinite, fp32_losses: see the module docstring.
+        recognition_weight: scale of the cross-entropy (0 keeps it logged but untrained).
+        steps_per_epoch: needed only when the train loader has no length.
     """
 
     def __init__(
         self,
-        backbone: str,
+        student: BackboneConfig | Mapping[str, Any],
         num_classes: int,
-        backbone_kwargs: dict | None = None,
-        embedding_size: int = 512,
-        head: str | None = "arcface",
-        head_kwargs: dict | None = None,
-        sharded_head: bool = False,
-        sample_rate: float = 1.0,
+        head: HeadConfig | Mapping[str, Any] | None = HeadConfig(),  # noqa: B008  (never mutated)
         aux_losses: dict | None = None,
         recognition_rows: int | None = None,
         optim: Any = None,
         schedule: Any = None,
         channels_last: bool = False,
-        nonfinite: str = "stop",
+        nonfinite: Nonfinite | str = Nonfinite.stop,
         recognition_weight: float = 1.0,
         steps_per_epoch: int | None = None,
         fp32_losses: bool = True,
     ) -> None:
         super().__init__()
-        # plain containers in hparams (checkpoint stays weights_only-loadable, load_from_checkpoint works)
-        backbone_kwargs = plain(backbone_kwargs) or {}
-        head_kwargs = plain(head_kwargs) or {}
+        # typed sections for the code, plain containers in hparams (the checkpoint stays
+        # weights_only-loadable and load_from_checkpoint rebuilds the module from them)
+        self.student_config = as_section(BackboneConfig, plain(student), "student")
+        self.head_config = None if head is None else as_section(HeadConfig, plain(head), "head")
+        student = plain(dataclasses.asdict(self.student_config))
+        head = None if self.head_config is None else plain(dataclasses.asdict(self.head_config))
         aux_losses = plain(aux_losses) or {}
         optim = plain(dataclasses.asdict(as_optim_config(plain(optim))))
         schedule = plain(dataclasses.asdict(as_schedule_config(plain(schedule))))
-        if nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite: expected one of {list(NONFINITE_MODES)}, got {nonfinite!r}")
+        nonfinite = parse_choice(Nonfinite, nonfinite, "nonfinite").value
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if recognition_rows is not None and (
@@ -192,16 +196,19 @@ class RecognitionModule(pl.LightningModule):
         recognition_weight, _ = split_weight("recognition", {"weight": recognition_weight}, 1.0, "loss")
         self.save_hyperparameters()
 
-        self.student = create_backbone(backbone, embedding_size=embedding_size, **backbone_kwargs)
+        embedding_size = self.student_config.embedding_size
+        self.student = create_backbone(
+            self.student_config.name, embedding_size=embedding_size, **self.student_config.kwargs
+        )
         self.recognition: RecognitionLoss | None = None
-        if head is not None:
+        if self.head_config is not None:
             self.recognition = RecognitionLoss(
-                head,
+                self.head_config.name,
                 embedding_size,
                 num_classes,
-                sharded=sharded_head,
-                sample_rate=sample_rate,
-                **head_kwargs,
+                sharded=self.head_config.sharded,
+                sample_rate=self.head_config.sample_rate,
+                **self.head_config.kwargs,
             )
         self.aux_losses = nn.ModuleDict()
         self.aux_weights: dict[str, float] = {}

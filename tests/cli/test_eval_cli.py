@@ -66,7 +66,7 @@ def test_onnx_and_checkpoint_give_the_same_accuracy(setup, tmp_path):
     from ekd.lit import RecognitionModule
 
     module = RecognitionModule(
-        "iresnet18", num_classes=3, backbone_kwargs={"base_width": 2}, embedding_size=8
+        {"name": "iresnet18", "kwargs": {"base_width": 2}, "embedding_size": 8}, num_classes=3
     )
     module.student.load_state_dict(model.state_dict())
     trainer = pl.Trainer(
@@ -113,5 +113,5 @@ def test_bad_arguments_are_reported(setup, tmp_path):
     with pytest.raises(SystemExit, match="missing.bin does not exist"):
         main([str(root / "backbone.pth"), *BACKBONE_ARGS, "--bins", str(tmp_path / "missing.bin")])
     torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "bare.ckpt")
-    with pytest.raises(SystemExit, match="records no 'backbone' name"):
+    with pytest.raises(SystemExit, match="records no 'student' backbone"):
         main([str(tmp_path / "bare.ckpt"), "--bins", str(data / "lfw.bin")])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from ekd.cli.train import ConfigError, run
 from ekd.config import CONF_DIR
@@ -31,8 +32,8 @@ TINY_RUN = [
     "optim.lr=0.01",
     "trainer.max_steps=2",
     "logger=none",
-    "callbacks.progress_bar=none",
-    "callbacks.verification.enabled=false",
+    "callbacks.progress_bar=null",
+    "callbacks.verification=null",
     "benchmark.batch_size=2",
     "benchmark.iterations=1",
     "benchmark.warmup=0",
@@ -74,28 +75,28 @@ def teacher_run(data_root, tmp_path_factory) -> tuple[Path, dict]:
 def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
     out, results = teacher_run
     on_disk = load_results(out)
-    assert on_disk["method"] == "none" and on_disk["seed"] == 3 and on_disk["experiment"] == "tiny"
-    assert on_disk["student"] == "iresnet18" and on_disk["teacher"] is None
-    assert set(on_disk["metrics"]) == {"synth_frontal", "synth_pose", "synth_age"}
-    for values in on_disk["metrics"].values():
+    assert on_disk.method == "none" and on_disk.seed == 3 and on_disk.experiment == "tiny"
+    assert on_disk.student == "iresnet18" and on_disk.teacher is None
+    assert set(on_disk.metrics) == {"synth_frontal", "synth_pose", "synth_age"}
+    for values in on_disk.metrics.values():
         assert 0.0 <= values["accuracy"] <= 1.0 and values["num_pairs"] == 20
-    assert on_disk["global_step"] == 2
-    assert len(on_disk["roc"]["synth_pose"]["fpr"]) <= 10
-    assert on_disk["throughput"]["images_per_s"] > 0 and on_disk["wall_time_s"] > 0
+    assert on_disk.global_step == 2
+    assert len(on_disk.roc["synth_pose"]["fpr"]) <= 10
+    assert on_disk.throughput["images_per_s"] > 0 and on_disk.wall_time_s > 0
     # parameters of a freshly built student, counted here independently
     from ekd.models import create_backbone
 
     fresh = create_backbone("iresnet18", embedding_size=32, base_width=8)
-    assert on_disk["params"] == sum(p.numel() for p in fresh.parameters())
-    assert on_disk["macs"] > 0
+    assert on_disk.params == sum(p.numel() for p in fresh.parameters())
+    assert on_disk.macs > 0
     # the exported backbone loads into that network; the Lightning checkpoint exists
     fresh.load_state_dict(torch.load(out / "backbone.pth", weights_only=True))
-    assert Path(on_disk["checkpoint"]) == out / "checkpoints" / "last.ckpt"
+    assert Path(on_disk.checkpoint) == out / "checkpoints" / "last.ckpt"
     assert (out / "checkpoints" / "last.ckpt").is_file()
     resolved = (out / "config.yaml").read_text()
     assert "${" not in resolved and "recognition_rows: null" in resolved
-    assert results["mean_accuracy"] == pytest.approx(
-        sum(v["accuracy"] for v in on_disk["metrics"].values()) / 3
+    assert results.mean_accuracy == pytest.approx(
+        sum(v["accuracy"] for v in on_disk.metrics.values()) / 3
     )
 
 
@@ -111,10 +112,10 @@ def test_distillation_run_records_the_teacher(teacher_run, data_root, tmp_path):
     teacher_dir, _ = teacher_run
     checkpoint = teacher_dir / "checkpoints" / "last.ckpt"
     results = run(_tiny(data_root, *STUDENT, "distill=mimic", *_teacher(checkpoint)), tmp_path)
-    assert results["method"] == "mimic" and results["teacher"] == "iresnet18"
-    assert results["student"] == "mobilefacenet"
-    assert results["teacher_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert results["objectives"] == {"mimic": {"weight": 1.0}}
+    assert results.method == "mimic" and results.teacher == "iresnet18"
+    assert results.student == "mobilefacenet"
+    assert results.teacher_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert results.objectives == {"mimic": {"weight": 1.0}}
 
 
 def test_config_errors_name_the_key(data_root, tmp_path):
@@ -169,7 +170,7 @@ def test_wandb_offline_run_directory_is_created_and_syncable(data_root, tmp_path
     assert len(runs) == 1, list(tmp_path.rglob("*"))[:20]
     wandb_files = list(runs[0].glob("run-*.wandb"))
     assert len(wandb_files) == 1 and wandb_files[0].stat().st_size > 0  # what `wandb sync` uploads
-    assert results["method"] == "none"
+    assert results.method == "none"
     import wandb
 
     assert wandb.run is None  # finished, so the next job of a multirun starts its own run
@@ -178,8 +179,8 @@ def test_wandb_offline_run_directory_is_created_and_syncable(data_root, tmp_path
 @pytest.mark.ddp
 def test_ddp_spawn_on_two_cpu_processes(data_root, tmp_path):
     results = run(_tiny(data_root, *STUDENT, "trainer=ddp_spawn_cpu", "trainer.max_steps=2"), tmp_path)
-    assert results["global_step"] == 2
-    assert load_results(tmp_path)["metrics"].keys() == {"synth_frontal", "synth_pose", "synth_age"}
+    assert results.global_step == 2
+    assert load_results(tmp_path).metrics.keys() == {"synth_frontal", "synth_pose", "synth_age"}
 
 
 # ------------------------------------------------------------------------------- teacher embedding cache
@@ -231,21 +232,21 @@ def test_distillation_reads_the_teacher_cache(cached_teacher, data_root, tmp_pat
         *_teacher(cached_teacher["teacher"]),
         f"distill.teacher_cache={cache}",
     )
-    with caplog.at_level("INFO", logger="ekd.lit.distillation"):
+    with caplog.at_level("INFO", logger="ekd"):
         results = run(cfg, tmp_path)
     assert lookups == [8, 8] and not teacher_passes  # two steps of 8 rows, all from the cache
     assert f"teacher cache {cache}: teacher embeddings are read from the cache" in caplog.text
-    assert results["global_step"] == 2
-    assert load_results(tmp_path)["teacher_cache"] == {"path": str(cache.resolve()), "used": True}
+    assert results.global_step == 2
+    assert load_results(tmp_path).teacher_cache == {"path": str(cache.resolve()), "used": True}
 
 
 def test_teacher_cache_is_reported_unused_for_stage_objectives(cached_teacher, data_root, tmp_path, caplog):
     cache = cached_teacher["cache"]
     overrides = [*STUDENT, "distill=fitnet", "trainer.max_steps=1", f"distill.teacher_cache={cache}"]
-    with caplog.at_level("WARNING", logger="ekd.lit.distillation"):
+    with caplog.at_level("WARNING", logger="ekd"):
         results = run(_tiny(data_root, *overrides, *_teacher(cached_teacher["teacher"])), tmp_path)
     assert "read the teacher's stage feature maps; the teacher runs online" in caplog.text
-    assert results["teacher_cache"] == {"path": str(cache.resolve()), "used": False}
+    assert results.teacher_cache == {"path": str(cache.resolve()), "used": False}
 
 
 def test_cache_of_another_teacher_or_dataset_is_refused_by_ekd_train(cached_teacher, data_root, tmp_path):
@@ -313,20 +314,25 @@ def test_cache_of_another_teacher_or_dataset_is_refused_by_ekd_train(cached_teac
     assert not (tmp_path / "b" / "results.json").exists()
 
 
-def test_every_distill_option_reaches_the_distillation_module(monkeypatch):
+def test_the_config_sections_reach_the_module_whole(monkeypatch):
+    """build_module hands each section to the constructor argument of the same name: a new option of a
+    section needs no code between the config and the module."""
     import dataclasses
+    import functools
 
-    import ekd.lit.distillation
-    from ekd.cli.train import build_module
-    from ekd.config import DistillConfig
+    from ekd.lit import DistillationModule, DistillConfig, build_module
 
     received: dict = {}
 
-    class Recorder:
-        def __init__(self, **kwargs) -> None:
-            received.update(kwargs)
+    class Built(Exception):
+        pass
 
-    monkeypatch.setattr(ekd.lit.distillation, "DistillationModule", Recorder)
+    @functools.wraps(DistillationModule.__init__)  # keeps the signature build_module reads
+    def record(self, **kwargs) -> None:
+        received.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(DistillationModule, "__init__", record)
     given = {
         "teacher_centres": "prototypes",
         "prototype_cache": "/p/protos.pt",
@@ -336,8 +342,13 @@ def test_every_distill_option_reaches_the_distillation_module(monkeypatch):
         "teacher_cache": "/c/cache",
     }
     cfg = _compose("distill=kd", *_teacher(Path("t.pth")), *(f"distill.{k}={v}" for k, v in given.items()))
-    build_module(cfg, num_classes=4)
-    options = {f.name for f in dataclasses.fields(DistillConfig)} - {"method"}
-    assert options == {*given, "objectives"}  # a new option needs a line in `given`
-    assert {key: received[key] for key in given} == given
-    assert received["objectives"] == {"kd": {"weight": 1.0, "temperature": 4.0}}
+    with pytest.raises(Built):
+        build_module(cfg, num_classes=4, batch_layout=[8])
+    distill = DistillConfig(**OmegaConf.to_container(received["distill"], resolve=True))
+    assert {key: getattr(distill, key) for key in given} == given
+    assert distill.objectives == {"kd": {"weight": 1.0, "temperature": 4.0}}
+    assert received["teacher"] is cfg.teacher and received["student"] is cfg.student
+    assert received["head"] is cfg.head and received["optim"] is cfg.optim
+    assert (received["num_classes"], received["batch_layout"]) == (4, [8])
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    assert fields >= set(given)

@@ -47,7 +47,10 @@ def _options(group: str) -> list[str]:
 # Each Table-2 row is one command: the scale's student experiment, a student and a method (distill) file.
 STUDENTS = {"ms1mv2": ("mobilefacenet", "resnet18"), "synthetic": ("tiny_mobilefacenet", "tiny_resnet18")}
 ROWS = [
-    (scale, student, row) for scale, students in STUDENTS.items() for student in students for row in PAPER_ROWS
+    (scale, student, row)
+    for scale, students in STUDENTS.items()
+    for student in students
+    for row in PAPER_ROWS
 ]
 
 

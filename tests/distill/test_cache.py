@@ -319,22 +319,24 @@ def test_cli_build_info_and_errors(setup, tmp_path, capsys):
 def _module(setup, objectives, **kwargs):
     from ekd.lit.distillation import DistillationModule
 
-    options = dict(
-        backbone=TEACHER,
+    teacher_options = dict(TEACHER_KW)
+    teacher = {
+        "name": TEACHER,
+        "embedding_size": teacher_options.pop("embedding_size"),
+        "kwargs": teacher_options,
+    }
+    distill = {"objectives": objectives, "teacher_cache": str(setup["cache"])}
+    distill.update({key: kwargs.pop(key) for key in ("teacher_cache", "teacher_centres") if key in kwargs})
+    return DistillationModule(
+        student={"name": TEACHER, "embedding_size": 16, "kwargs": {"base_width": 8}},
         num_classes=4,
-        teacher=TEACHER,
-        teacher_checkpoint=str(setup["checkpoint"]),
-        teacher_kwargs=TEACHER_KW,
-        objectives=objectives,
-        backbone_kwargs={"base_width": 8},
-        embedding_size=16,
-        head_kwargs={"s": 16.0, "m": 0.3},
+        teacher={**teacher, "checkpoint": kwargs.pop("teacher_checkpoint", str(setup["checkpoint"]))},
+        distill=distill,
+        head={"name": "arcface", "kwargs": {"s": 16.0, "m": 0.3}},
         optim={"lr": 0.01},
         schedule={"name": "constant"},
-        teacher_cache=str(setup["cache"]),
+        **kwargs,
     )
-    options.update(kwargs)
-    return DistillationModule(**options)
 
 
 def _fit(module, root, steps=2, data=None):

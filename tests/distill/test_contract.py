@@ -22,10 +22,8 @@ from ekd.registry import UnknownOptionError
 from tests.lit.common import (
     EMB,
     NUM_CLASSES,
-    STUDENT,
-    STUDENT_KW,
-    TEACHER,
-    TEACHER_KW,
+    STUDENT_SECTION,
+    TEACHER_SECTION,
     CaptureObjectiveInputs,
     loader,
     plain_teacher_file,
@@ -84,16 +82,11 @@ def teacher_file(tmp_path_factory) -> Path:
 
 def module(teacher_file: Path, objectives: dict, **kwargs: Any) -> DistillationModule:
     options: dict[str, Any] = {
-        "backbone": STUDENT,
+        "student": STUDENT_SECTION,
         "num_classes": NUM_CLASSES,
-        "teacher": TEACHER,
-        "teacher_checkpoint": str(teacher_file),
-        "teacher_kwargs": dict(TEACHER_KW),
-        "objectives": objectives,
-        "backbone_kwargs": STUDENT_KW,
-        "embedding_size": EMB,
-        "head": "softmax",  # logits W f + b: simple to recompute independently below
-        "head_kwargs": {},
+        "teacher": {**TEACHER_SECTION, "checkpoint": str(teacher_file)},
+        "distill": {"objectives": objectives},
+        "head": {"name": "softmax"},  # logits W f + b: simple to recompute independently below
         "optim": {"lr": 0.05},
         "schedule": {"name": "constant"},
     }

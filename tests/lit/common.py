@@ -49,13 +49,22 @@ def trainer(**kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**options)
 
 
+def backbone_section(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A ``student`` / ``teacher`` section (BackboneConfig fields) from factory options incl. the size."""
+    options = dict(kwargs)
+    return {"name": name, "embedding_size": options.pop("embedding_size", EMB), "kwargs": options}
+
+
+STUDENT_SECTION = backbone_section(STUDENT, STUDENT_KW)
+TEACHER_SECTION = backbone_section(TEACHER, TEACHER_KW)
+HEAD_SECTION: dict[str, Any] = {"name": "arcface", "kwargs": HEAD_KW}
+
+
 def recognition_module(**kwargs: Any) -> RecognitionModule:
     options: dict[str, Any] = {
-        "backbone": STUDENT,
+        "student": STUDENT_SECTION,
         "num_classes": NUM_CLASSES,
-        "backbone_kwargs": STUDENT_KW,
-        "embedding_size": EMB,
-        "head_kwargs": HEAD_KW,
+        "head": HEAD_SECTION,
         "optim": {"lr": 0.05},
         "schedule": {"name": "constant"},
     }
@@ -66,7 +75,7 @@ def recognition_module(**kwargs: Any) -> RecognitionModule:
 def train_teacher_checkpoint(directory: Path, steps: int = 4) -> Path:
     """A real Lightning checkpoint of a RecognitionModule teacher (keys student.*, recognition.*)."""
     torch.manual_seed(1)
-    module = recognition_module(backbone_kwargs={"base_width": 8, "input_size": SIZE})
+    module = recognition_module(student=backbone_section(STUDENT, {"base_width": 8, "input_size": SIZE}))
     fit = trainer(max_steps=steps)
     fit.fit(module, loader())
     path = directory / "teacher.ckpt"

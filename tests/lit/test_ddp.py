@@ -21,13 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ekd.lit.distillation import DistillationModule
 from tests.ddp_utils import run_gloo
 from tests.lit.common import (
-    EMB,
-    HEAD_KW,
+    HEAD_SECTION,
     NUM_CLASSES,
-    STUDENT,
-    STUDENT_KW,
-    TEACHER,
-    TEACHER_KW,
+    STUDENT_SECTION,
+    TEACHER_SECTION,
     train_teacher_checkpoint,
 )
 
@@ -38,15 +35,11 @@ OBJECTIVES = {"kd": {"weight": 1.0}, "ekd": {"weight": 10.0, "topk": 6}, "rkd": 
 def _module(teacher_path: str, rows: int, layout: list[int]) -> DistillationModule:
     torch.manual_seed(0)  # identical initial weights in every process
     module = DistillationModule(
-        backbone=STUDENT,
+        student=STUDENT_SECTION,
         num_classes=NUM_CLASSES,
-        teacher=TEACHER,
-        teacher_checkpoint=teacher_path,
-        teacher_kwargs=dict(TEACHER_KW),
-        objectives=OBJECTIVES,
-        backbone_kwargs=STUDENT_KW,
-        embedding_size=EMB,
-        head_kwargs=HEAD_KW,
+        teacher={**TEACHER_SECTION, "checkpoint": teacher_path},
+        distill={"objectives": OBJECTIVES},
+        head=HEAD_SECTION,
         recognition_rows=rows,
         batch_layout=layout,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import shutil
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 import ekd.data
 import ekd.distill
+from ekd.lit import DistillConfig
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import NonFiniteLossError
 from ekd.models import FaceBackbone, Features, registry
@@ -22,13 +24,16 @@ from ekd.models.loading import load_backbone
 from tests.lit.common import (
     EMB,
     HEAD_KW,
+    HEAD_SECTION,
     NUM_CLASSES,
     SIZE,
     STUDENT,
-    STUDENT_KW,
+    STUDENT_SECTION,
     TEACHER,
     TEACHER_KW,
+    TEACHER_SECTION,
     CaptureObjectiveInputs,
+    backbone_section,
     loader,
     plain_teacher_file,
     train_teacher_checkpoint,
@@ -46,19 +51,21 @@ def teacher_files(tmp_path_factory) -> dict[str, Any]:
     }
 
 
+DISTILL_OPTIONS = {f.name for f in dataclasses.fields(DistillConfig)}
+
+
 def distillation_module(
     teacher_checkpoint, objectives: dict | None = None, **kwargs: Any
 ) -> DistillationModule:
+    """The test distillation module; keyword arguments named like a DistillConfig field go to ``distill``."""
+    distill = {"objectives": {"mimic": {"weight": 1.0}} if objectives is None else objectives}
+    distill.update({key: kwargs.pop(key) for key in list(kwargs) if key in DISTILL_OPTIONS})
     options: dict[str, Any] = {
-        "backbone": STUDENT,
+        "student": STUDENT_SECTION,
         "num_classes": NUM_CLASSES,
-        "teacher": TEACHER,
-        "teacher_checkpoint": str(teacher_checkpoint),
-        "teacher_kwargs": {k: v for k, v in TEACHER_KW.items()},
-        "objectives": {"mimic": {"weight": 1.0}} if objectives is None else objectives,
-        "backbone_kwargs": STUDENT_KW,
-        "embedding_size": EMB,
-        "head_kwargs": HEAD_KW,
+        "teacher": {**TEACHER_SECTION, "checkpoint": str(teacher_checkpoint)},
+        "distill": distill,
+        "head": HEAD_SECTION,
         "optim": {"lr": 0.05},
         "schedule": {"name": "constant"},
     }
@@ -173,7 +180,7 @@ def flat_backbone():
 
 
 def test_missing_feature_field_fails_at_construction(teacher_files, flat_backbone):
-    flat = {"backbone": _FLAT, "backbone_kwargs": {}}
+    flat = {"student": backbone_section(_FLAT, {})}
     with pytest.raises(ValueError, match=r"'sp' needs \['stages.stage3'\] from the student"):
         distillation_module(teacher_files["ckpt"], {"sp": {"stage": "stage3"}}, **flat)
     # objectives that build adapters from stage_shapes report the missing stage themselves
@@ -305,8 +312,8 @@ def test_prototype_cache_is_keyed_by_the_face_datamodule_fingerprint(tmp_path):
         module = distillation_module(
             teacher_file,
             {"kd": {}},
-            teacher_kwargs={"base_width": 8, "embedding_size": EMB},
-            backbone_kwargs={"base_width": 8},
+            teacher={**backbone_section(TEACHER, {"base_width": 8}), "checkpoint": str(teacher_file)},
+            student=backbone_section(STUDENT, {"base_width": 8}),
             teacher_centres="prototypes",
             prototype_cache=str(cache),
         )
@@ -371,9 +378,9 @@ def test_every_objective_trains_one_step(teacher_files, name):
         "darkrank": {},
         "shrinkteanet": {"stages": ["stage4"]},
     }.get(name, {})
-    student = dict(
-        backbone="mbf", backbone_kwargs={"width_mult": 0.25, "input_size": SIZE}
-    )  # regressors needed
+    student = {
+        "student": backbone_section("mbf", {"width_mult": 0.25, "input_size": SIZE})
+    }  # regressors needed
     module = distillation_module(teacher_files["ckpt"], {name: hparams}, **student)
     before = {k: v.detach().clone() for k, v in module.student.named_parameters()}
     fit = trainer(max_steps=1)

@@ -34,21 +34,19 @@ def teacher_file(path: Path, seed: int = 2) -> Path:
     return path
 
 
-def module_options(teacher_path: Path | None = None, **kwargs: Any) -> dict[str, Any]:
+def module_options(teacher_path: Path | None = None, objectives: dict | None = None, **kwargs: Any) -> dict:
+    """RecognitionModule arguments (DistillationModule's with a teacher file and ``objectives``)."""
+    network = {"name": BACKBONE, "embedding_size": EMB, "kwargs": dict(BACKBONE_KW)}
     options: dict[str, Any] = {
-        "backbone": BACKBONE,
+        "student": network,
         "num_classes": 4,
-        "backbone_kwargs": BACKBONE_KW,
-        "embedding_size": EMB,
-        "head_kwargs": HEAD_KW,
+        "head": {"name": "arcface", "kwargs": HEAD_KW},
         "optim": {"lr": 0.05, "momentum": 0.9},
         "schedule": {"name": "constant"},
     }
     if teacher_path is not None:
         options.update(
-            teacher=BACKBONE,
-            teacher_checkpoint=str(teacher_path),
-            teacher_kwargs={**BACKBONE_KW, "embedding_size": EMB},
+            teacher={**network, "checkpoint": str(teacher_path)}, distill={"objectives": objectives}
         )
     options.update(kwargs)
     return options

@@ -150,7 +150,7 @@ def test_missing_teacher_checkpoint_is_an_error_never_a_random_teacher(tmp_path)
 def test_mismatched_teacher_checkpoint_names_file_and_keys(tmp_path):
     path = teacher_file(tmp_path / "teacher.pth")
     options = module_options(path, objectives={"mimic": {}})
-    options["teacher_kwargs"] = {"base_width": 16, "embedding_size": 16}  # another architecture
+    options["teacher"].update(kwargs={"base_width": 16}, embedding_size=16)  # another architecture
     before = path.read_bytes()
     with pytest.raises(CheckpointMismatchError) as err:
         DistillationModule(**options)
@@ -173,7 +173,7 @@ def test_unknown_objective_backbone_and_head_names_list_the_known_ones(tmp_path)
     with pytest.raises(ValueError, match=r"unknown distillation objective 'nope'"):
         DistillationModule(**module_options(teacher, objectives={"nope": {}}))
     with pytest.raises(ValueError, match=r"unknown recognition head 'arcfacex'"):
-        RecognitionModule(**module_options(head="arcfacex"))
+        RecognitionModule(**module_options(head={"name": "arcfacex"}))
 
 
 def test_stage_objective_with_a_backbone_without_stages():

@@ -149,7 +149,7 @@ def test_random_draws_resume_exactly(files, tmp_path):
 
     def make():
         options = module_options(recognition_rows=4)
-        options["backbone_kwargs"] = {**options["backbone_kwargs"], "dropout": 0.5}
+        options["student"]["kwargs"] = {**options["student"]["kwargs"], "dropout": 0.5}
         return RecognitionModule(**options)
 
     straight = _run(make, files["data"])

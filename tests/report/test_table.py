@@ -25,7 +25,6 @@ from ekd.report import (
     write_results,
 )
 
-
 TEACHER_ROW = {"label": "teacher", "order": 0.0, "paper_row": "ResNet50 (teacher)"}  # experiments/*/teacher
 
 
