@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ekd.report import write_results
+from ekd.report import RunResults, write_results
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -33,23 +33,25 @@ def _fabricate_sweep(root: Path) -> None:
         roc = {"fpr": fpr, "tpr": [0.0, *(min(1.0, acc * math.sqrt(f) ** 0.2) for f in fpr[1:])]}
         write_results(
             root / str(index),
-            {
-                "method": method,
-                "dataset": "synthetic",
-                "student": "mobilefacenet",
-                "student_label": "MobileFaceNet",
-                "teacher": None if method == "none" else "iresnet18",
-                "seed": seed,
-                "metrics": {
+            RunResults(
+                method=method,
+                label={"none": "no KD", "ekd": "EKD"}[method],
+                order={"none": 10.0, "ekd": 110.0}[method],
+                dataset="synthetic",
+                student="mobilefacenet",
+                student_label="MobileFaceNet",
+                teacher=None if method == "none" else "iresnet18",
+                seed=seed,
+                metrics={
                     name: {"accuracy": acc, "tpr_at_fpr": {"1e-2": acc - 0.1}}
                     for name in ("synth_frontal", "synth_pose")
                 },
-                "roc": {"synth_frontal": roc, "synth_pose": roc},
-                "params": 91232,
-                "macs": 16706176,
-                "throughput": {"images_per_s": 500.0},
-                "wall_time_s": 60.0,
-            },
+                roc={"synth_frontal": roc, "synth_pose": roc},
+                params=91232,
+                macs=16706176,
+                throughput={"images_per_s": 500.0},
+                wall_time_s=60.0,
+            ),
         )
 
 

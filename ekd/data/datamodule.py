@@ -91,7 +91,7 @@ class FaceDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         try:
-            sampler = parse_choice(Sampler, sampler, "FaceDataModule sampler", "sampler").value
+            sampler = parse_choice(Sampler, sampler, f"FaceDataModule sampler={sampler!r}", "sampler").value
         except ValueError as err:
             raise DataError(str(err)) from None
         for name, value in (("batch_size", batch_size), ("general", general), ("identities", identities),

@@ -7,21 +7,28 @@ import csv
 import pytest
 
 from ekd.cli.table import main
-from ekd.report import write_results
+from ekd.report import RunResults, write_results
+
+# label / order / paper row as ekd-train records them from the method files (conf/distill)
+ROWS = {"none": ("no KD", 10.0, "MobileFaceNet (no KD)"), "rkd": ("RKD", 70.0, "RKD")}
 
 
 def _write(directory, method, seed, lfw, agedb):
+    label, order, paper_row = ROWS[method]
     write_results(
         directory,
-        {
-            "method": method,
-            "dataset": "ms1mv2",
-            "student": "mobilefacenet",
-            "student_label": "MobileFaceNet",
-            "teacher": None if method == "none" else "iresnet50",
-            "seed": seed,
-            "metrics": {"lfw": {"accuracy": lfw}, "agedb_30": {"accuracy": agedb}},
-        },
+        RunResults(
+            method=method,
+            label=label,
+            order=order,
+            paper_row=paper_row,
+            dataset="ms1mv2",
+            student="mobilefacenet",
+            student_label="MobileFaceNet",
+            teacher=None if method == "none" else "iresnet50",
+            seed=seed,
+            metrics={"lfw": {"accuracy": lfw}, "agedb_30": {"accuracy": agedb}},
+        ),
     )
 
 

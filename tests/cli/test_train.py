@@ -95,9 +95,7 @@ def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     resolved = (out / "config.yaml").read_text()
     assert "${" not in resolved and "recognition_rows: null" in resolved
-    assert results.mean_accuracy == pytest.approx(
-        sum(v["accuracy"] for v in on_disk.metrics.values()) / 3
-    )
+    assert results.mean_accuracy == pytest.approx(sum(v["accuracy"] for v in on_disk.metrics.values()) / 3)
 
 
 def test_a_finished_run_directory_is_never_overwritten(teacher_run, data_root):
