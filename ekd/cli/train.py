@@ -5,9 +5,8 @@
     ekd-train -m experiment=synthetic/student distill=kd,rkd,ekd teacher.checkpoint=T seed=0,1,2
     ekd-train --cfg job experiment=...        # print the composed config and stop
 
-The config is ``conf/train.yaml`` typed by :class:`ekd.config.TrainConfig`; experiments are the
-``experiments/`` folder. :func:`run` (shared with ``ekd-demo``) builds every part from its config
-section, top to bottom:
+The config is ``conf/train.yaml`` typed by :class:`ekd.config.TrainConfig`. :func:`run` (shared with
+``ekd-demo``) builds every part from its config section, top to bottom:
 
 1. refuses an output directory that already holds ``results.json`` (unless ``overwrite=true``),
    imports the modules of ``imports`` (user objectives, backbones, data sources) and writes the
@@ -17,9 +16,8 @@ section, top to bottom:
    ``_target_``; ``trainer`` -> the Trainer (``use_distributed_sampler=False``: the samplers shard);
 3. fits, then on rank zero evaluates the trained backbone (:mod:`ekd.eval`), saves ``backbone.pth``
    (insightface layout) and writes ``results.json`` (:class:`ekd.report.RunResults`);
-4. logs the summary to W&B and finishes the W&B run (so multirun jobs never share one).
-
-The Hydra task returns the mean verification accuracy, the objective of ``hparams_search=optuna``.
+4. logs the summary to W&B and finishes the W&B run (so multirun jobs never share one). The Hydra
+   task returns the mean verification accuracy, the objective of ``hparams_search=optuna``.
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ from ekd.config import (
 register_configs()
 
 __all__ = ["ConfigError", "build_datamodule", "build_trainer", "main", "run"]
-
 RESOLVED_CONFIG = "config.yaml"
 BACKBONE_FILE = "backbone.pth"
 
@@ -78,15 +75,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], callbac
     )
 
 
-def evaluation_device(accelerator: str) -> Any:
-    """Where the trained backbone is evaluated: the GPU when training asked for one and one exists."""
-    import torch
-
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def run(
     cfg: DictConfig,
     output_dir: str | os.PathLike,
@@ -98,7 +86,13 @@ def run(
     import pytorch_lightning as pl
     import torch
 
-    from ekd.eval import evaluate_backbone, evaluate_ijb_sets, measure_throughput, select_sets
+    from ekd.eval import (
+        evaluate_backbone,
+        evaluate_ijb_sets,
+        evaluation_device,
+        measure_throughput,
+        select_sets,
+    )
     from ekd.lit import build_module
     from ekd.models import count_macs, count_parameters, file_sha256
     from ekd.plugins import import_modules

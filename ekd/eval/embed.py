@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -175,7 +176,8 @@ def as_embedder(model: nn.Module | BatchEmbedder | str | os.PathLike, amp: bool 
         return TorchEmbedder(model, amp=amp)
     if isinstance(model, (str, os.PathLike)):
         return OnnxEmbedder(model)
-    if type(model).__name__ == "InferenceSession":
+    onnxruntime = sys.modules.get("onnxruntime")  # a session exists only once onnxruntime is imported
+    if onnxruntime is not None and isinstance(model, onnxruntime.InferenceSession):
         return OnnxEmbedder(model)
     if callable(model):
         return model

@@ -179,3 +179,10 @@ def measure_throughput(backbone: nn.Module, batch_size: int, warmup: int, iterat
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+def evaluation_device(accelerator: str) -> torch.device:
+    """Where the trained backbone is evaluated: the GPU when training asked for one and one exists."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
