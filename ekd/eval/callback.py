@@ -18,7 +18,7 @@ picks such a model as its best.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,7 +26,7 @@ from torch import nn
 
 from ekd import dist
 from ekd.eval import metrics
-from ekd.eval.evaluate import VerificationSets, result_record, verify_sets
+from ekd.eval.evaluate import VerificationSets, result_record, select_sets, verify_sets
 from ekd.eval.verification import VerificationResult
 
 
@@ -34,7 +34,8 @@ class VerificationCallback(pl.Callback):
     """Evaluate verification sets during training and log their metrics (module docstring).
 
     sets: name -> (uint8 images 2N x 3 x H x W, N issame labels); ``None`` asks
-        ``trainer.datamodule.verification_sets()`` once, at the first evaluation.
+        ``trainer.datamodule.verification_sets()`` once, at the first evaluation; a list of names
+        takes those sets from it (what a config can give, e.g. ``[lfw, cfp_fp]``).
     every_n_steps: evaluate after every n-th optimiser step (``None``: never by steps).
     every_n_epochs: evaluate at the end of every n-th training epoch (``None``: never by epochs).
     model_attr: attribute of the LightningModule holding the backbone, or a callable returning it.
@@ -42,7 +43,7 @@ class VerificationCallback(pl.Callback):
 
     def __init__(
         self,
-        sets: VerificationSets | None = None,
+        sets: VerificationSets | Iterable[str] | None = None,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = 1,
         batch_size: int = 256,
@@ -59,7 +60,12 @@ class VerificationCallback(pl.Callback):
             raise ValueError("VerificationCallback needs every_n_steps or every_n_epochs (both are None)")
         if batch_size < 1:
             raise ValueError(f"VerificationCallback batch_size must be >= 1, got {batch_size}")
-        self.sets = dict(sets) if sets is not None else None
+        self.names: list[str] | None = None
+        self.sets: dict | None = None
+        if isinstance(sets, Mapping):
+            self.sets = dict(sets)
+        elif sets is not None:
+            self.names = [str(name) for name in sets]
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
@@ -82,7 +88,7 @@ class VerificationCallback(pl.Callback):
                     "VerificationCallback got no sets and the trainer's datamodule "
                     f"({type(datamodule).__name__}) has no verification_sets() method"
                 )
-            self.sets = dict(getter())
+            self.sets = select_sets(getter(), self.names, "VerificationCallback sets")
         for name, value in self.sets.items():
             if not (isinstance(value, (tuple, list)) and len(value) == 2):
                 raise ValueError(

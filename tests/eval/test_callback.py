@@ -105,3 +105,17 @@ def test_callback_configuration_errors():
     no_sets = VerificationCallback(every_n_epochs=1)
     with pytest.raises(ValueError, match="no verification_sets"):
         _trainer(no_sets).fit(module, train_dataloaders=DataLoader(TensorDataset(torch.randn(4, 3, 16, 16))))
+
+
+def test_sets_named_in_the_config_are_taken_from_the_datamodule():
+    """``sets: [a, b]`` (what a callbacks config entry can give) selects those of the datamodule's sets."""
+    from types import SimpleNamespace
+
+    available = {"a": ("images a", "pairs a"), "b": ("images b", "pairs b"), "c": ("images c", "pairs c")}
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(verification_sets=lambda: available))
+    callback = VerificationCallback(sets=["c", "a"])
+    assert callback._resolve_sets(trainer) == {"c": available["c"], "a": available["a"]}
+    with pytest.raises(
+        ValueError, match=r"unknown verification sets \['lfw'\]; the data provides \['a', 'b', 'c'\]"
+    ):
+        VerificationCallback(sets=["lfw"])._resolve_sets(trainer)
