@@ -133,6 +133,7 @@ class FaceDataModule(pl.LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
         self._verification: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._teacher_cache: TeacherEmbeddings | None = None
+        self._fit_set_up = False  # setup("fit") ran in this process (see teacher_cache_active)
 
     # -- preparation --------------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class FaceDataModule(pl.LightningDataModule):
             # every fit starts without a cache (runs before the callbacks' setup, where the fit's
             # TeacherCacheCallback attaches one); it then stays attached after the fit, for the record
             self.detach_teacher_cache()
+            self._fit_set_up = True
         self.dataset  # noqa: B018 - builds (and validates) the training set early
 
     @property
@@ -269,12 +271,16 @@ class FaceDataModule(pl.LightningDataModule):
         return self._teacher_cache
 
     @property
-    def teacher_cache_active(self) -> bool:
+    def teacher_cache_active(self) -> bool | None:
         """Whether training batches carry ``teacher_embedding`` (a cache is attached).
 
         Under a Trainer: whether the current fit, or after it the last one, read the teacher's
         embeddings from a cache (``results.json``'s ``teacher_cache.used``); ``setup("fit")`` detaches.
+        None while this object has run no ``setup("fit")`` and holds no cache (e.g. after a
+        ``ddp_spawn`` fit, which ran in child processes on copies of it, so this one cannot tell).
         """
+        if self._teacher_cache is None and not self._fit_set_up:
+            return None
         return self._teacher_cache is not None
 
     def add_teacher_embeddings(self, batch: Any) -> Any:
