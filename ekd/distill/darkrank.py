@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ekd.distill.base import Objective, register_objective
-from ekd.distill.common import check_batch, student_teacher_pair
-from ekd.heads.triplet import normalised_pairwise_squared_distances
+from ekd.distill.common import check_batch, pairwise_squared_distances, student_teacher_pair
 from ekd.models.features import Features
 
 _MAX_PERMUTATION_LIST = 6
@@ -92,7 +91,7 @@ class DarkRankObjective(Objective):
         self.register_buffer("permutations", perms, persistent=False)
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
-        sq = normalised_pairwise_squared_distances(x, eps=self.eps)
+        sq = pairwise_squared_distances(F.normalize(x, dim=1, eps=self.eps))
         # ||q - x||^beta = (||q - x||^2)^(beta / 2); the clamp keeps the gradient finite at duplicates
         return -self.alpha * sq.clamp_min(self.eps).pow(self.beta / 2.0)
 

@@ -20,9 +20,9 @@ identity (an identity-balanced sampler):
 A batch without any valid triplet (no positive pair or no negative) gives a zero loss (still attached
 to the graph) and a warning, once per process. Recommended weight 1. Relational: global batch.
 
-Distances, mining and the hinge are those of the triplet loss in ``ekd.heads.triplet`` (one
-implementation): ``all_triplets`` / ``batch_hard_triplets`` and ``triplet_margin_loss`` with the
-per-triplet margins.
+Distances and mining are those of the triplet loss in ``ekd.heads.triplet`` (one implementation):
+``all_triplets`` (dense: a row of negatives per anchor-positive pair) / ``batch_hard_triplets``, and
+``triplet_margin_loss`` with the per-triplet margins for batch-hard mining.
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ class TripletDistillationObjective(Objective):
         self.eps = float(eps)
         self._last: dict[str, torch.Tensor] = {}
 
-    def _margins(self, gap_t: torch.Tensor) -> torch.Tensor:
-        """m = m_min + (m_max - m_min) d / d_max with d = max(gap_t, 0) over the mined triplets."""
+    def _margins(self, gap_t: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """m = m_min + (m_max - m_min) d / d_max with d = max(gap_t, 0) over the mined triplets (the
+        ``valid`` entries of a dense ``gap_t``; all of them when None)."""
         d = gap_t.clamp_min(0.0)
+        if valid is not None:
+            d = d.masked_fill(~valid, 0.0)
         d_max = d.max()
         if d_max <= 0:
             return torch.full_like(d, self.margin_min)
@@ -81,11 +84,13 @@ class TripletDistillationObjective(Objective):
         d_s = normalised_pairwise_squared_distances(s, self.eps)
         with torch.no_grad():
             d_t = normalised_pairwise_squared_distances(t, self.eps)
-            if self.mining == "all":
+            if self.mining == "all":  # P anchor-positive pairs x a P x N mask of their negatives
                 anchors, positives, negatives = all_triplets(labels)
+                triplets = int(negatives.sum())
             else:  # the student's hardest positive / negative per anchor
                 anchors, positives, negatives = batch_hard_triplets(d_s, labels)
-        if anchors.numel() == 0:
+                triplets = anchors.numel()
+        if triplets == 0:
             warn_once(
                 "triplet-no-triplets",
                 "triplet distillation: a batch has no valid triplet (it needs at least two images of one "
@@ -93,9 +98,17 @@ class TripletDistillationObjective(Objective):
             )
             self._last = {"triplets": s.new_zeros(())}
             return zero_loss(s)
+        if self.mining == "all":
+            # every (pair, negative) of the dense mask: D_s(a, p) - D_s(a, n) + m over the valid entries
+            hinge_s = d_s[anchors, positives].unsqueeze(1) - d_s[anchors]
+            with torch.no_grad():
+                gap_t = d_t[anchors] - d_t[anchors, positives].unsqueeze(1)
+                margins = self._margins(gap_t, negatives)
+            self._last = {"triplets": torch.tensor(float(triplets))}
+            return (hinge_s + margins).clamp_min(0.0)[negatives].mean()
         with torch.no_grad():
             margins = self._margins(d_t[anchors, negatives] - d_t[anchors, positives])
-        self._last = {"triplets": torch.tensor(float(anchors.numel()))}
+        self._last = {"triplets": torch.tensor(float(triplets))}
         return triplet_margin_loss(d_s, anchors, positives, negatives, margins)
 
     def log_items(self) -> dict[str, torch.Tensor]:

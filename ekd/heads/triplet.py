@@ -52,15 +52,16 @@ def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def all_triplets(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(anchor, positive, negative) indices of every valid triplet: a != p, y_a = y_p, y_n != y_a.
+    """Every valid triplet (a != p, y_a = y_p, y_n != y_a), densely: ``(anchors, positives, negatives)``
+    with the P anchor-positive pairs in row-major order and ``negatives`` a P x N boolean mask (row i:
+    the negatives of pair i's anchor).
 
-    Ordered by anchor-positive pair (row-major), then by negative. Memory: 3 x (number of triplets)
-    indices, i.e. (positive pairs) x (negatives per anchor).
+    Dense rather than one index per triplet: a loss then reads each pair's distances to every sample as
+    one row ``D[anchors]`` (P x N), and its gradient sums over a row rather than over scattered indices.
     """
     positive, negative = _masks(labels)
     anchors, positives = positive.nonzero(as_tuple=True)
-    pair, negatives = negative[anchors].nonzero(as_tuple=True)
-    return anchors[pair], positives[pair], negatives
+    return anchors, positives, negative[anchors]
 
 
 @torch.no_grad()
