@@ -26,6 +26,25 @@ def rank() -> int:
     return torch_dist.get_rank() if is_distributed() else 0
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it, before any process group exists: ``RANK``
+    (torchrun), ``SLURM_PROCID`` in a SLURM job with several tasks, Lightning's DDP launcher's
+    ``NODE_RANK`` / ``LOCAL_RANK`` (rank = node x ``LOCAL_WORLD_SIZE`` + local), else 0.
+
+    Used for work that one process of a job must do before training starts (taking the run folder's
+    lock, checking inputs); ranks > 0 skip it.
+    """
+    import os
+
+    env = os.environ
+    if env.get("RANK", "").isdigit():
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_PROCID", "").isdigit():
+        return int(env["SLURM_PROCID"])
+    local, node = int(env.get("LOCAL_RANK", "0") or 0), int(env.get("NODE_RANK", "0") or 0)
+    return node * int(env.get("LOCAL_WORLD_SIZE", "1") or 1) + local
+
+
 def shard_bounds(num_items: int, world_size: int, rank: int) -> tuple[int, int]:
     """``(start, end)``: the contiguous block ``[start, end)`` of ``num_items`` that rank ``rank`` owns.
 

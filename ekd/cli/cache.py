@@ -2,15 +2,19 @@
 
 Sub-commands::
 
-    ekd-cache build --teacher iresnet50 --checkpoint backbone.pth --data ROOT --output DIR
+    ekd-cache build --checkpoint TEACHER --data ROOT --output DIR [--teacher NAME --teacher-kwargs JSON]
                     [--batch-size 256] [--num-workers 4] [--device auto] [--devices N] [--precision 32]
     ekd-cache info DIR [--json]
 
 ``build`` embeds every training image of ROOT (an insightface RecordIO folder or an identity image
-folder) and its mirror image with the frozen teacher and writes the cache to DIR. It shards the
-images over ranks when launched by ``torchrun`` (every rank runs this command), or over ``--devices N``
-GPUs by spawning one process per GPU itself. A DIR that already holds a finished cache is refused
-unless ``--overwrite``.
+folder) and its mirror image with the frozen teacher and writes the cache to DIR. The teacher is the
+network the checkpoint holds: for an ekd checkpoint (``last.ckpt`` of the teacher's own ``ekd-train``
+run) the ``student`` network that run trained, for a ``backbone.pth`` with its ``backbone.json`` the
+recorded one; both need no ``--teacher``. An insightface ``backbone.pth`` records nothing and takes
+``--teacher NAME`` (and ``--teacher-kwargs``, e.g. ``{"embedding_size": 256}``). Given flags must agree
+with the record. ``build`` shards the images over ranks when launched by ``torchrun`` (every rank runs
+this command), or over ``--devices N`` GPUs by spawning one process per GPU itself. A DIR that already
+holds a finished cache is refused unless ``--overwrite``.
 
 Bad input ends with a one-line ``error: ...`` naming the file or value, and exit status 2.
 """
@@ -21,23 +25,74 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-cache build --checkpoint runs/teacher/checkpoints/last.ckpt --data faces_emore --output cache/r50
+      ekd-cache build --teacher iresnet50 --checkpoint insightface/backbone.pth --data faces_emore \\
+                      --output cache/r50
+      ekd-cache info cache/r50
+    """
+)
+BUILD_EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-cache build --checkpoint runs/teacher/checkpoints/last.ckpt --data faces_emore --output cache/r50
+      ekd-cache build --checkpoint runs/teacher/backbone.pth --data faces_emore --output cache/r50
+      ekd-cache build --teacher iresnet50 --checkpoint insightface/backbone.pth --data faces_emore \\
+                      --output cache/r50 --devices 4
+
+    The teacher is what the checkpoint records (an ekd checkpoint: the student network its run
+    trained; a backbone.pth: its backbone.json). An insightface backbone.pth needs --teacher NAME
+    (and --teacher-kwargs unless the defaults).
+    """
+)
+INFO_EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-cache info cache/r50
+      ekd-cache info cache/r50 --json
+    """
+)
+# how the teacher arguments are spelled in ekd.models.loading's messages
+ARGUMENT_NAMES = {
+    "name": "--teacher",
+    "embedding_size": "--teacher-kwargs embedding_size",
+    "kwargs": "--teacher-kwargs",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="ekd-cache", description="Build and inspect teacher embedding caches."
+        prog="ekd-cache",
+        description="Build and inspect teacher embedding caches.",
+        epilog=EPILOG,
+        formatter_class=raw,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser(
-        "build", help="compute the teacher embeddings of every training image (and its flip)"
+        "build",
+        help="compute the teacher embeddings of every training image (and its flip)",
+        description="Compute the teacher embeddings of every training image and its mirror image.",
+        epilog=BUILD_EPILOG,
+        formatter_class=raw,
     )
-    build.add_argument("--teacher", required=True, help="teacher backbone name (e.g. iresnet50)")
     build.add_argument(
-        "--checkpoint", required=True, help="teacher weights (insightface backbone.pth or ekd .ckpt)"
+        "--teacher",
+        default=None,
+        help="teacher backbone name (e.g. iresnet50); default: the one the checkpoint records",
+    )
+    build.add_argument(
+        "--checkpoint",
+        required=True,
+        help="teacher weights (ekd .ckpt, backbone.pth with its backbone.json, insightface backbone.pth)",
     )
     build.add_argument(
         "--data", required=True, help="training data: RecordIO folder (train.rec/.idx) or image folder"
@@ -49,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="data kind (auto: rec when DATA/train.rec exists)",
     )
-    build.add_argument("--teacher-kwargs", default="{}", help="JSON options for the teacher backbone")
+    build.add_argument(
+        "--teacher-kwargs",
+        default=None,
+        help="JSON options for the teacher backbone, e.g. '{\"embedding_size\": 256}' "
+        "(default: the recorded ones)",
+    )
     build.add_argument(
         "--prefix", default=None, help="key prefix inside a Lightning checkpoint (default student.)"
     )
@@ -62,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--overwrite", action="store_true", help="replace a finished cache in OUTPUT")
 
-    info = sub.add_parser("info", help="print a cache's index")
+    info = sub.add_parser(
+        "info",
+        help="print a cache's index",
+        description="Print a teacher cache's index (teacher, data set, sizes).",
+        epilog=INFO_EPILOG,
+        formatter_class=raw,
+    )
     info.add_argument("directory")
     info.add_argument("--json", action="store_true", help="print index.json as is")
     return parser
@@ -73,7 +139,9 @@ def _positive(name: str, value: int, minimum: int = 1) -> None:
         raise ValueError(f"{name}={value}: expected an integer >= {minimum}")
 
 
-def _teacher_kwargs(text: str) -> dict[str, Any]:
+def _teacher_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
     try:
         value = json.loads(text)
     except ValueError as err:
@@ -97,13 +165,16 @@ def _dataset(root: str, source: str):
 
 
 def _load_teacher(args: argparse.Namespace):
-    from ekd.models.loading import file_sha256, load_backbone
+    """(teacher, sha256 of its file, BackboneSpec): the recorded network unless --teacher names one."""
+    from ekd.models.loading import file_sha256, load_recorded_backbone
 
     kwargs = _teacher_kwargs(args.teacher_kwargs)
     sha256 = file_sha256(args.checkpoint)  # FileNotFoundError names the path
-    teacher = load_backbone(args.teacher, args.checkpoint, prefix=args.prefix, **kwargs)
+    teacher, spec = load_recorded_backbone(
+        args.checkpoint, prefix=args.prefix, name=args.teacher, kwargs=kwargs, argument_names=ARGUMENT_NAMES
+    )
     teacher.requires_grad_(False)
-    return teacher, sha256, kwargs
+    return teacher, sha256, spec
 
 
 def _resolve_device(name: str, local_rank: int = 0) -> str:
@@ -156,7 +227,14 @@ def _build(args: argparse.Namespace) -> None:
     _positive("--num-workers", args.num_workers, 0)
     _positive("--devices", args.devices)
     dataset = _dataset(args.data, args.source)
-    teacher, sha256, kwargs = _load_teacher(args)
+    teacher, sha256, spec = _load_teacher(args)
+    # the index records every create_backbone option, so that it rebuilds the teacher on its own
+    kwargs = {"embedding_size": spec.embedding_size, **spec.kwargs}
+    print(
+        f"teacher: {spec.name}, {spec.embedding_size}-d"
+        + ("" if spec.source == "arguments" else f" (recorded in {spec.source})"),
+        file=sys.stderr,
+    )
     started = time.perf_counter()
 
     def build(device: str, progress: Any) -> Path:
@@ -165,7 +243,7 @@ def _build(args: argparse.Namespace) -> None:
             teacher,
             dataset,
             args.output,
-            args.teacher,
+            spec.name,
             sha256,
             kwargs,
             args.checkpoint,
@@ -203,7 +281,7 @@ def _build(args: argparse.Namespace) -> None:
         )
         index = make_index(
             dataset,
-            args.teacher,
+            spec.name,
             sha256,
             embedding_size,
             kwargs,

@@ -20,14 +20,54 @@ from pathlib import Path
 
 from ekd.data.errors import DataError
 
+# Usage examples shown at the end of each --help (RawDescriptionHelpFormatter keeps their lines).
+_EXAMPLES = {
+    "ekd-data": """examples:
+  ekd-data pack faces/ data/mydata        # identity image folder -> insightface train.rec/.idx/property
+  ekd-data synth data/synth --identities 20 --images-per-identity 8
+  ekd-data reindex data/mydata/train.rec  # rebuild a missing or broken train.idx
+  ekd-data info data/mydata               # images, classes, images per class
+
+Run `ekd-data COMMAND --help` for the options of a command.""",
+    "pack": """example:
+  ekd-data pack faces/ data/mydata
+  ekd-train data=folder data.source=rec data.root=data/mydata ...   # train on the packed folder
+
+faces/ holds one sub-folder of images per identity (alice/001.jpg, alice/002.jpg, bob/001.jpg, ...);
+the sorted folder names give the labels 0, 1, ...""",
+    "synth": """example:
+  ekd-data synth data/synth --identities 20 --images-per-identity 8 --pairs 100 --seed 1
+  ekd-train experiment=synthetic/teacher data.root=data/synth data.synthetic=null
+
+OUT must be missing, empty or hold an earlier generated benchmark (which is replaced). The arguments are
+recorded in OUT/synthetic.json; a synthetic data source pointed at OUT (data.source=synthetic
+data.root=OUT) uses them, and refuses a data.synthetic config that differs from them.""",
+    "reindex": """example:
+  ekd-data reindex data/mydata/train.rec                    # writes data/mydata/train.idx
+  ekd-data reindex data/mydata/train.rec --idx /tmp/train.idx""",
+    "info": """examples:
+  ekd-data info data/mydata            # a folder with train.rec/.idx/property (or data/mydata/train.rec)
+  ekd-data info data/synth/synth_pose.bin""",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ekd-data", description="Build and repair face data files.")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ekd-data",
+        description="Build and repair face data files.",
+        epilog=_EXAMPLES["ekd-data"],
+        formatter_class=formatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    pack = sub.add_parser(
-        "pack", help="pack an identity image folder into insightface train.rec/.idx/property"
-    )
+    def add(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=_EXAMPLES[name],
+            formatter_class=formatter,
+        )  # fmt: skip
+
+    pack = add("pack", "pack an identity image folder into insightface train.rec/.idx/property")
     pack.add_argument(
         "folder", help="folder with one sub-folder of images per identity (sorted names -> labels)"
     )
@@ -36,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality", type=int, default=95, help="JPEG quality for re-encoded images (default 95)"
     )
 
-    synth = sub.add_parser("synth", help="generate the synthetic identity benchmark")
-    synth.add_argument("out", help="output folder")
+    synth = add("synth", "generate the synthetic identity benchmark")
+    synth.add_argument("out", help="output folder (missing, empty, or an earlier generated benchmark)")
     synth.add_argument("--identities", type=int, default=200, help="training identities (default 200)")
     synth.add_argument("--images-per-identity", type=int, default=24, help="images per identity (default 24)")
     synth.add_argument("--pairs", type=int, default=600, help="pairs per verification set (default 600)")
@@ -49,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--preview", default=None, help="also save a PNG grid of a few identities here")
 
-    reindex = sub.add_parser("reindex", help="rebuild the .idx of a .rec file by scanning it")
+    reindex = add("reindex", "rebuild the .idx of a .rec file by scanning it")
     reindex.add_argument("rec", help="path of the .rec file")
     reindex.add_argument("--idx", default=None, help="output .idx (default: next to the .rec)")
 
-    info = sub.add_parser("info", help="summarise a RecordIO folder / .rec file or a .bin verification set")
+    info = add("info", "summarise a RecordIO folder / .rec file or a .bin verification set")
     info.add_argument("path")
     return parser
 
@@ -88,6 +128,10 @@ def _synth(args: argparse.Namespace) -> None:
     print(
         f"wrote {summary['images']} images of {config.identities} identities and {sets} "
         f"({config.pairs} pairs each) to {args.out} in {elapsed:.1f} s"
+    )
+    print(
+        f"arguments recorded in {Path(args.out) / 'synthetic.json'}; train on this data with "
+        f"ekd-train data.source=synthetic data.root={args.out}"
     )
     if args.preview:
         preview_grid(args.preview, seed=args.seed, difficulty=args.difficulty)

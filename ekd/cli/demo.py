@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = select_methods(args.methods, args.config_dir)
     from rich.console import Console
 
-    from ekd.cli.train import run
+    from ekd.run import run
     from ekd.report import build_tables, collect_results, save_tables, to_markdown
 
     console = Console()

@@ -1,10 +1,16 @@
 """``ekd-eval``: verification accuracy of a trained model on .bin sets and IJB-B/C.
 
-Models: one of our Lightning checkpoints (``.ckpt``; the ``student.`` weights unless ``--prefix``;
-backbone name and options read from the hyper-parameters ``ekd.lit`` records),
-an insightface ``backbone.pth`` / state dict (``--backbone NAME`` required), or an ONNX model
-(``.onnx``, run by onnxruntime). Sets: ``.bin`` files given with ``--bins``, and/or the standard five
-(lfw, cfp_fp, cplfw, agedb_30, calfw) under ``--data-root``; a missing one is an error unless
+Models: one of our Lightning checkpoints (``.ckpt``; the ``student.`` weights unless ``--prefix``), a
+``backbone.pth`` written by ``ekd-train`` (with its ``backbone.json``), an insightface ``backbone.pth``
+/ state dict (``--backbone NAME`` required: it records no architecture), or an ONNX model (``.onnx``,
+run by onnxruntime). The first two record their backbone (name, embedding size, options;
+``ekd.models.loading``): ``--backbone`` / ``--embedding-size`` / ``--backbone-kwargs`` are then not
+needed, and given ones must agree with the record (an error names both values otherwise).
+
+Sets: ``.bin`` files given with ``--bins``, and/or the sets under ``--data-root``: by default every
+``*.bin`` there (the paper's sets lfw, cfp_fp, cplfw, agedb_30, calfw first, in that order, then the
+other known insightface sets, then the rest by name); a folder without any is an error listing what
+it holds. ``--sets a,b`` picks sets by name instead; a missing one is an error unless
 ``--allow-missing`` (it is then reported as missing). ``--ijb ROOT --ijb-name IJBC`` adds IJB 1:1.
 
 Prints a table; with ``--output DIR`` writes ``DIR/eval_results.json`` (format ``ekd-eval/1``, metrics
@@ -12,12 +18,6 @@ shaped like the ``metrics`` of ``results.json``) and ``DIR/roc.png``. Embedding 
 ``ekd.eval.evaluate.verify_sets``, as in ekd-train: a set whose embeddings are non-finite (a diverged
 model) is reported (``{"accuracy": null, "error": "non-finite embeddings"}``, no mean accuracy) rather
 than aborting the run.
-
-Examples::
-
-    ekd-eval backbone.pth --backbone iresnet50 --data-root faces_emore --output out/
-    ekd-eval model.onnx --bins lfw.bin agedb_30.bin
-    ekd-eval last.ckpt --ijb /data --ijb-name IJBC --output out/
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,22 +35,45 @@ from typing import Any
 
 import torch
 
-STANDARD_SETS: tuple[str, ...] = ("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")
 RESULTS_NAME = "eval_results.json"
 ROC_NAME = "roc.png"
 FORMAT = "ekd-eval/1"
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-eval runs/ekd/checkpoints/last.ckpt --data-root faces_emore --output out/
+      ekd-eval runs/ekd/backbone.pth --data-root faces_emore          # with its backbone.json
+      ekd-eval insightface/backbone.pth --backbone iresnet50 --data-root faces_emore --sets lfw,agedb_30
+      ekd-eval model.onnx --bins lfw.bin agedb_30.bin
+      ekd-eval last.ckpt --ijb /data --ijb-name IJBC --output out/
+
+    --data-root evaluates every *.bin in the folder unless --sets names some.
+    """
+)
+# how the backbone arguments are spelled in ekd.models.loading's messages
+ARGUMENT_NAMES = {"name": "--backbone", "embedding_size": "--embedding-size", "kwargs": "--backbone-kwargs"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ekd-eval",
         description="Verification accuracy (insightface protocol) and IJB-B/C TPR@FPR of a face model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", help="Lightning .ckpt, insightface backbone .pth/.pt (with --backbone), or .onnx"
+        "model",
+        help="ekd .ckpt, backbone.pth (with its backbone.json, or --backbone for an insightface one), .onnx",
     )
-    parser.add_argument("--backbone", help="registry name of the backbone (required for a .pth state dict)")
-    parser.add_argument("--embedding-size", type=int, default=None, help="embedding size (default 512)")
+    parser.add_argument(
+        "--backbone", help="registry name of the backbone (default: the recorded one; needed for insightface)"
+    )
+    parser.add_argument(
+        "--embedding-size",
+        type=int,
+        default=None,
+        help="embedding size (default: the recorded one, else 512)",
+    )
     parser.add_argument(
         "--backbone-kwargs",
         default=None,
@@ -57,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--prefix", default=None, help="state-dict key prefix in a .ckpt (default: student.)")
     parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help=".bin verification files")
-    parser.add_argument("--data-root", default=None, help="folder holding the standard .bin sets")
     parser.add_argument(
-        "--sets", default=",".join(STANDARD_SETS), help="comma-separated set names looked up in --data-root"
+        "--data-root", default=None, help="folder of .bin sets (default: every *.bin there is evaluated)"
+    )
+    parser.add_argument(
+        "--sets", default=None, help="comma-separated set names looked up in --data-root (default: all there)"
     )
     parser.add_argument("--allow-missing", action="store_true", help="report missing sets instead of failing")
     parser.add_argument(
@@ -80,26 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_backbone(path: Path, prefix: str | None) -> tuple[str, int | None, dict]:
-    """(name, embedding_size, kwargs) of the network under ``prefix`` (``student.`` or ``teacher.``) as
-    ekd.lit's modules record it in a checkpoint's hparams: a ``BackboneConfig`` section of that name."""
-    hint = "pass --backbone NAME (and --embedding-size / --backbone-kwargs when not the defaults)"
-    network = (prefix or "student.").rstrip(".")
-    if network not in ("student", "teacher"):
-        raise SystemExit(f"ekd-eval: the backbone under prefix {prefix!r} is not recorded by name; {hint}")
-    from ekd.models import CheckpointError, read_checkpoint
-
-    try:
-        ckpt = read_checkpoint(path)
-    except (CheckpointError, OSError) as error:  # e.g. untrusted pickled hyper-parameter types
-        raise SystemExit(f"ekd-eval: cannot read the backbone name from {path} ({error}); {hint}") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
-    section = hparams.get(network) if isinstance(hparams, Mapping) else None
-    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
-        raise SystemExit(f"ekd-eval: {path} records no '{network}' backbone in its hyper_parameters; {hint}")
-    return section["name"], section.get("embedding_size"), dict(section.get("kwargs") or {})
-
-
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, str]:
     """The model to evaluate (an nn.Module on ``device`` or an ONNX embedder) and a description."""
     from ekd.eval.embed import OnnxEmbedder
@@ -113,7 +119,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, str
             providers.insert(0, "CUDAExecutionProvider")
         return OnnxEmbedder(path, providers=providers), f"onnx:{path}"
 
-    from ekd.models import load_backbone
+    from ekd.models import CheckpointError, load_recorded_backbone
 
     kwargs: dict = {}
     if args.backbone_kwargs:
@@ -125,15 +131,39 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, str
             raise SystemExit(
                 f"ekd-eval: --backbone-kwargs must be a JSON object, got {args.backbone_kwargs!r}"
             )
-    name, embedding_size = args.backbone, args.embedding_size
-    if name is None:
-        if path.suffix.lower() != ".ckpt":
-            raise SystemExit(f"ekd-eval: {path} is a plain state dict; pass --backbone NAME (e.g. iresnet50)")
-        name, recorded_size, recorded_kwargs = _checkpoint_backbone(path, args.prefix)
-        embedding_size = embedding_size or recorded_size
-        kwargs = {**recorded_kwargs, **kwargs}
-    model = load_backbone(name, path, prefix=args.prefix, embedding_size=embedding_size or 512, **kwargs)
-    return model.to(device).eval(), f"{name}:{path}"
+    try:
+        model, spec = load_recorded_backbone(
+            path,
+            prefix=args.prefix,
+            name=args.backbone,
+            embedding_size=args.embedding_size,
+            kwargs=kwargs,
+            argument_names=ARGUMENT_NAMES,
+        )
+    except (CheckpointError, ValueError) as error:  # no / contradicting record, unknown backbone, ...
+        raise SystemExit(f"ekd-eval: {error}") from None
+    return model.to(device).eval(), f"{spec.name}:{path}"
+
+
+def discover_sets(root: Path) -> list[str]:
+    """Names of the verification sets in ``root``: every ``*.bin`` file, the paper's sets first in the
+    paper's column order, then the other known insightface sets, then the rest by name."""
+    from ekd.data.bins import KNOWN_BIN_SETS
+    from ekd.registry import natural_key
+    from ekd.report.table import PAPER_SETS
+
+    present = {p.stem for p in root.iterdir() if p.suffix.lower() == ".bin" and p.is_file()}
+    known = [name for name in (*PAPER_SETS, *KNOWN_BIN_SETS) if name in present]
+    known = list(dict.fromkeys(known))  # PAPER_SETS and KNOWN_BIN_SETS share names
+    return known + sorted(present - set(known), key=natural_key)
+
+
+def _folder_listing(root: Path, shown: int = 12) -> str:
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    if not entries:
+        return "nothing (it is empty)"
+    more = f", ... and {len(entries) - shown} more" if len(entries) > shown else ""
+    return ", ".join(entries[:shown]) + more
 
 
 def collect_bins(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]:
@@ -152,12 +182,23 @@ def collect_bins(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]:
         root = Path(args.data_root)
         if not root.is_dir():
             raise SystemExit(f"ekd-eval: --data-root {root} is not a directory")
-        names = [n.strip() for n in args.sets.split(",") if n.strip()]
+        if args.sets is None:
+            names = discover_sets(root)
+            if not names:
+                raise SystemExit(
+                    f"ekd-eval: --data-root {root} holds no verification sets (*.bin files); it holds "
+                    f"{_folder_listing(root)}"
+                )
+        else:
+            names = [n.strip() for n in args.sets.split(",") if n.strip()]
+            if not names:
+                raise SystemExit(f"ekd-eval: --sets {args.sets!r} names no set")
         absent = [n for n in names if not (root / f"{n}.bin").is_file()]
         if absent and not args.allow_missing:
+            present = ", ".join(discover_sets(root)) or "none"
             raise SystemExit(
-                f"ekd-eval: {root} lacks {', '.join(f'{n}.bin' for n in absent)} "
-                "(pass --allow-missing to evaluate the others)"
+                f"ekd-eval: {root} lacks {', '.join(f'{n}.bin' for n in absent)} (its sets: {present}; "
+                "pass --allow-missing to evaluate the others)"
             )
         missing += absent
         found.update({n: root / f"{n}.bin" for n in names if n not in absent})

@@ -13,6 +13,7 @@ model's input size (112 x 112 by default); see ``ekd.models.complexity``.
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 import torch
 from rich.console import Console
@@ -74,8 +75,24 @@ def build_table(rows: list[dict[str, object]]) -> Table:
     return table
 
 
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-info                              # every registered backbone
+      ekd-info --backbone mobilefacenet     # one backbone
+      ekd-info --backbone timm/resnet18 --embedding-size 256
+      ekd-info --backbone iresnet18 --option base_width=16 --option input_size=[56,56]
+    """
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ekd-info", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="ekd-info",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--backbone", help="only this backbone (a registered name or timm/<model_name>)")
     parser.add_argument("--embedding-size", type=int, default=512, help="embedding size D (default 512)")
     parser.add_argument(

@@ -13,16 +13,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from ekd.report import ResultsError, build_tables, collect_results, log_to_wandb, save_tables, to_markdown
 from ekd.report.table import FORMATS
 from ekd.report.wandb_runs import finish_wandb_run
 
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-table multirun/2025-01-01/12-00-00-1a2b3c4d
+      ekd-table multirun/sweep-a multirun/sweep-b --out tables/ --metric tpr@1e-4
+      ekd-table runs/*/results.json --formats md,csv --wandb
+    """
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ekd-table", description="Aggregate results.json files into the methods x benchmarks table."
+        prog="ekd-table",
+        description="Aggregate results.json files into the methods x benchmarks table.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "paths", nargs="+", help="sweep / run directories (searched recursively) or results files"

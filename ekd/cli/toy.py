@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,11 +207,23 @@ def target_curves(
     return curves
 
 
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      ekd-toy --output toy.png
+      ekd-toy --output toy.png --steps 800 --classes 10 --seed 1
+      ekd-toy --output margins.png --heads normface cosface arcface
+    """
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ekd-toy",
         description="The angular-margin toy: 2-D features of one small network trained with softmax, "
         "modified softmax (NormFace), A-Softmax (SphereFace) and ArcFace, drawn side by side.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", default="toy.png", help="PNG file to write (default: toy.png)")
     parser.add_argument("--steps", type=int, default=400, help="training steps per head (default: 400)")

@@ -145,5 +145,9 @@ class TrainConfig:
     aux_losses: dict[str, Any] = field(default_factory=dict)  # e.g. {center: {weight: 0.01}}
     channels_last: bool = False
     nonfinite: Nonfinite = Nonfinite.stop
-    # a directory that already holds results.json is refused unless this is true
+    # continue a run: "auto" (hydra.run.dir's checkpoints/last.ckpt; a fresh start when there is none;
+    # implied in a SLURM job that was requeued) or the path of a checkpoint file; docs/reliability.md
+    resume: Optional[str] = None
+    # a folder that holds another run (finished or interrupted) is refused unless this is true; its run
+    # files are then removed first
     overwrite: bool = False

@@ -29,7 +29,7 @@ from ekd.data.errors import DataError
 from ekd.data.fingerprint import cache_unusable_reason, dataset_fingerprint
 from ekd.data.samplers import EKDBatchSampler, PKBatchSampler, RandomBatchSampler
 from ekd.data.sources import DataSource, SyntheticSource, create_data_source
-from ekd.data.synthetic import SyntheticConfig
+from ekd.data.synthetic import SyntheticConfig, as_synthetic_config, given_synthetic_fields
 from ekd.registry import RegistryError
 
 # a closed choice: each sampler needs its own arguments (general / identities / images_per_identity)
@@ -43,7 +43,7 @@ class FaceDataModule(pl.LightningDataModule):
     Args:
         name: the dataset's label in run names and tables (``ms1mv2``, ``synthetic``; default: ``source``).
         source: a registered data source (``ekd.data.DATA_SOURCES``): "synthetic" (generated into
-            ``root`` when it lacks train.rec), "rec" (insightface train.rec/.idx/property in ``root``),
+            ``root`` when it is missing or empty), "rec" (insightface train.rec/.idx/property in ``root``),
             "folder" (one sub-folder of images per identity) or one registered by the user.
         root: data folder; for "synthetic" it defaults to a cache folder keyed by the generator args.
         val_sets: verification sets: paths of .bin files, or names resolved as ``root/<name>.bin``.
@@ -59,7 +59,10 @@ class FaceDataModule(pl.LightningDataModule):
         seed: sampler seed (batches depend on seed, epoch, rank and world size only).
         synthetic: for source "synthetic": a :class:`ekd.data.synthetic.SyntheticConfig` or a mapping of
             its fields (identities, images_per_identity, pairs, heldout_identities, seed, difficulty,
-            quality); an unknown key is an error naming it.
+            quality); an unknown key is an error naming it. None: a ``root`` that holds a generated
+            benchmark is used with its recorded arguments, a missing or empty one gets the defaults.
+            Given arguments that differ from those recorded in ``root`` are an error
+            (:class:`~ekd.data.sources.SyntheticSource` has the rules).
         source_options: further keyword arguments of the source's factory (checked against it).
 
     Training batches are :class:`~ekd.data.batch.FaceBatch` (``indices``, ``flipped`` always filled,
@@ -101,6 +104,9 @@ class FaceDataModule(pl.LightningDataModule):
         if not isinstance(num_workers, int) or num_workers < 0:
             raise DataError(f"FaceDataModule num_workers={num_workers!r}: expected an integer >= 0")
         options = dict(source_options or {})
+        if isinstance(synthetic, Mapping) and not given_synthetic_fields(synthetic):
+            as_synthetic_config(synthetic)  # still names an unknown key
+            synthetic = None  # a config node with every field None (SyntheticSettings) gives nothing
         if synthetic is not None and (source != "synthetic" or "config" in options):
             where = f"source={source!r}" if source != "synthetic" else "source_options['config'] too"
             raise DataError(f"FaceDataModule: synthetic={synthetic!r} given but {where}")
@@ -110,9 +116,6 @@ class FaceDataModule(pl.LightningDataModule):
             self.data_source: DataSource = create_data_source(source, root=root, **options)
         except (RegistryError, DataError) as err:  # an unknown source or option lists the known ones
             raise DataError(f"FaceDataModule source={source!r}: {err}") from None
-        self.synthetic_config: SyntheticConfig | None = (
-            self.data_source.config if isinstance(self.data_source, SyntheticSource) else None
-        )
         self.source = source
         self.name = name or source
         self.root = self.data_source.root
@@ -135,10 +138,16 @@ class FaceDataModule(pl.LightningDataModule):
         self._teacher_cache: TeacherEmbeddings | None = None
         self._fit_set_up = False  # setup("fit") ran in this process (see teacher_cache_active)
 
+    @property
+    def synthetic_config(self) -> SyntheticConfig | None:
+        """For source "synthetic": the generator arguments of the data (the recorded ones once ``root``
+        holds a generated benchmark, see :class:`~ekd.data.sources.SyntheticSource`); else None."""
+        return self.data_source.config if isinstance(self.data_source, SyntheticSource) else None
+
     # -- preparation --------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Download / generate the data source's files (synthetic: when ``root`` lacks train.rec); rank 0
+        """Download / generate the data source's files (synthetic: into a missing or empty ``root``); rank 0
         only under Lightning."""
         self.data_source.prepare()
 

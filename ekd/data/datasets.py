@@ -16,7 +16,9 @@ one sub-folder per identity (``ekd-data pack``).
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,11 +28,20 @@ from torch.utils.data import Dataset
 
 from ekd.data.errors import DataError, RecordIOError
 from ekd.data.images import IMAGE_SIZE, decode_image, encode_jpeg, fit_to_size, normalize
-from ekd.data.recordio import RecordReader, RecordWriter, first_label, pack_payload, unpack_payload
+from ekd.data.recordio import (
+    IRHeader,
+    RecordReader,
+    RecordWriter,
+    first_label,
+    pack_payload,
+    unpack_payload,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+log = logging.getLogger(__name__)
 
 
 def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
@@ -82,9 +93,14 @@ class FaceRecordDataset(Dataset):
         flip: random horizontal flip with probability 0.5 (the only augmentation of the recipes) of
             samples asked for by a plain index.
 
-    ``labels`` come from the identity records of an insightface header (checked against the first
-    image header of each identity) or, for im2rec files without header, from reading only the record
-    headers. ``num_classes`` comes from ``property``, or is ``max(label) + 1`` when that file is absent.
+    ``labels`` always equal the class labels in the image record headers. They come from the identity
+    records of an insightface header when those ranges are sorted, disjoint and cover the image records
+    exactly and the first and last image of each identity carry its label (cheap: a few reads per
+    identity); otherwise (overlapping, unsorted or missing ranges, gaps, disagreeing headers) from
+    reading every image record's header, with a logged warning saying why and how long that took.
+    im2rec files without header record are always read that way. A header label that is not an
+    integer is a :class:`DataError` naming the record. ``num_classes`` comes from ``property``, or is
+    ``max(label) + 1`` when that file is absent.
     """
 
     def __init__(
@@ -127,11 +143,30 @@ class FaceRecordDataset(Dataset):
             header0, image0 = unpack_payload(reader.read(0), f"{reader.rec_path} record 0")
             if header0.flag > 0 and len(image0) == 0:
                 return self._from_identity_records(header0)
+        # im2rec layout: no identity records, the record headers are the only source of labels.
         keys = np.array(reader.keys, dtype=np.int64)
-        labels = np.array([int(first_label(reader.read_header(int(k)))) for k in keys], dtype=np.int64)
+        start = time.perf_counter()
+        labels = self._header_labels(keys)
+        log.info(
+            "%s: no insightface header record; read the labels of %d record headers (%.1f s)",
+            reader.rec_path, len(keys), time.perf_counter() - start,
+        )  # fmt: skip
         return keys, labels
 
-    def _from_identity_records(self, header0) -> tuple[np.ndarray, np.ndarray]:
+    def _header_labels(self, keys: np.ndarray) -> np.ndarray:
+        """int64 class labels read from the headers of the records ``keys`` (one small read each)."""
+        values = np.array([first_label(self.reader.read_header(int(k))) for k in keys], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if bad.size:
+            i = int(bad[0])
+            more = f" ({bad.size} records have such labels)" if bad.size > 1 else ""
+            raise DataError(
+                f"{self.reader.rec_path} record {int(keys[i])}: header label {float(values[i])!r} is not an "
+                f"integer class{more}"
+            )
+        return values.astype(np.int64)
+
+    def _from_identity_records(self, header0: IRHeader) -> tuple[np.ndarray, np.ndarray]:
         reader = self.reader
         where = f"{reader.rec_path} record 0"
         if header0.flag < 2:
@@ -142,29 +177,77 @@ class FaceRecordDataset(Dataset):
                 f"{where}: header label [{first_identity}, {end_identity}] is not 1 <= A <= B"
             )
         keys = np.arange(1, first_identity, dtype=np.int64)
-        labels = np.full(len(keys), -1, dtype=np.int64)
-        consistent = True
-        for identity, key in enumerate(range(first_identity, end_identity)):
+        labels, reason = self._labels_from_ranges(first_identity, end_identity)
+        if labels is None:
+            # Never a silent disagreement between .labels and the image headers: the headers win.
+            start = time.perf_counter()
+            labels = self._header_labels(keys)
+            log.warning(
+                "%s: the identity records do not determine the labels (%s); read the labels of all %d "
+                "image record headers instead (%.1f s)",
+                reader.rec_path, reason, len(keys), time.perf_counter() - start,
+            )  # fmt: skip
+        return keys, labels
+
+    def _labels_from_ranges(self, first_identity: int, end_identity: int) -> tuple[np.ndarray | None, str]:
+        """Labels from the identity records ``first_identity .. end_identity - 1``, or None and why not.
+
+        The ranges must be sorted, disjoint and cover the image records ``1 .. first_identity - 1``
+        exactly, and the first and last image of each identity must carry its label in their header.
+        With images grouped by label (as insightface and :func:`write_face_records` write them) the
+        headers in between then carry it too: the labels equal the headers at two reads per identity.
+        """
+        reader = self.reader
+        if end_identity == first_identity:
+            return None, "record 0 announces no identity records"
+        ranges: list[tuple[int, int]] = []
+        for key in range(first_identity, end_identity):
+            if key not in reader:
+                return None, f"identity record {key} is missing from {reader.idx_path}"
             header = reader.read_header(key)
             if header.flag < 2:
-                raise RecordIOError(
-                    f"{reader.rec_path} record {key}: identity record without a [start, end) label array"
+                return None, f"record {key} is not an identity record (no [start, end) label array)"
+            ranges.append((int(header.label[0]), int(header.label[1])))
+        # Diagnosed in this order so that the reason names the cause, not a consequence (swapped ranges
+        # also leave a gap before the first one).
+        for identity, (start, end) in enumerate(ranges):
+            key = first_identity + identity
+            if start > end:
+                return None, f"identity record {key} has the range [{start}, {end}) with start > end"
+            if identity == 0:
+                continue
+            previous = ranges[identity - 1]
+            kind = "unsorted" if start < previous[0] else "overlapping" if start < previous[1] else None
+            if kind is not None:
+                return None, (
+                    f"{kind} ranges: identity record {key} has [{start}, {end}) after "
+                    f"[{previous[0]}, {previous[1]}) of record {key - 1}"
                 )
-            start, end = int(header.label[0]), int(header.label[1])
-            if not 1 <= start <= end <= first_identity:
-                raise RecordIOError(
-                    f"{reader.rec_path} record {key}: identity range [{start}, {end}) outside the image "
-                    f"records 1..{first_identity - 1}"
+        covered = 1  # image records 1 .. covered - 1 belong to the identities seen so far
+        for identity, (start, end) in enumerate(ranges):
+            if start > covered:
+                return None, (
+                    f"image records {covered}..{start - 1} belong to no identity (a gap before identity "
+                    f"record {first_identity + identity})"
                 )
-            labels[start - 1 : end - 1] = identity
-            # insightface writes identity k's images with label k; verify on the first image.
-            if start < end and int(first_label(reader.read_header(start))) != identity:
-                consistent = False
-                break
-        if not consistent or (labels < 0).any():
-            # Ranges do not determine the labels: read every image header instead.
-            labels = np.array([int(first_label(reader.read_header(int(k)))) for k in keys], dtype=np.int64)
-        return keys, labels
+            covered = end
+        if covered != first_identity:
+            return None, (
+                f"the identity ranges end at {covered}, the image records at {first_identity} "
+                f"(record 0 announces images 1..{first_identity - 1})"
+            )
+        starts = np.array([start for start, _ in ranges], dtype=np.int64)
+        ends = np.array([end for _, end in ranges], dtype=np.int64)
+        for identity in np.flatnonzero(ends > starts).tolist():
+            for key in sorted({int(starts[identity]), int(ends[identity]) - 1}):
+                label = int(self._header_labels(np.array([key]))[0])
+                if label != identity:
+                    return None, (
+                        f"image record {key} has header label {label} but lies in the range "
+                        f"[{starts[identity]}, {ends[identity]}) of identity {identity} "
+                        f"(record {first_identity + identity})"
+                    )
+        return np.repeat(np.arange(len(ranges), dtype=np.int64), ends - starts), ""
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -8,9 +8,9 @@ sets go with it by default. Built in:
   ``.bin`` sets (lfw, cfp_fp, ...) present in ``root``;
 - ``"folder"``: one sub-folder of images per identity (:class:`~ekd.data.datasets.FaceFolderDataset`);
   same default sets;
-- ``"synthetic"``: the synthetic identity benchmark (``ekd/data/synthetic.py``), generated into
-  ``root`` (default: a cache folder keyed by the generator arguments) when it lacks ``train.rec``;
-  default sets: ``synth_frontal``, ``synth_pose``, ``synth_age``.
+- ``"synthetic"``: the synthetic identity benchmark (``ekd/data/synthetic.py``) in ``root`` (default:
+  a cache folder keyed by the generator arguments); default sets: ``synth_frontal``, ``synth_pose``,
+  ``synth_age``. See :class:`SyntheticSource` for when it generates and which arguments it uses.
 
 A user's source is a :class:`DataSource` subclass (or any factory returning one) registered from the
 user's own module; ``FaceDataModule(source="mine", root=..., source_options={...})`` then calls
@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,12 +47,19 @@ from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset
 from ekd.data.errors import DataError
 from ekd.data.synthetic import (
     GENERATOR_VERSION,
+    METADATA_FILE,
     VERIFICATION_SETS,
     SyntheticConfig,
     as_synthetic_config,
+    describe_config,
+    foreign_folder_problem,
+    given_synthetic_fields,
+    read_synthetic_metadata,
     write_synthetic,
 )
 from ekd.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 class DataSource:
@@ -130,40 +139,109 @@ def default_synthetic_root(config: SyntheticConfig) -> Path:
 
 @register_data_source("synthetic")
 class SyntheticSource(DataSource):
-    """The synthetic identity benchmark, generated into ``root`` when it lacks ``train.rec``.
+    """The synthetic identity benchmark in ``root``.
 
     Args:
         root: data folder; default: :func:`default_synthetic_root` of the generator arguments.
-        config: a :class:`~ekd.data.synthetic.SyntheticConfig` or a mapping of its fields.
+        config: the generator arguments, a :class:`~ekd.data.synthetic.SyntheticConfig` (all its fields
+            count as given) or a mapping of some of its fields (a key counts as given unless its value
+            is None, as in :class:`~ekd.data.synthetic.SyntheticSettings`); None gives none.
+
+    Rules:
+
+    - ``root`` holds a generated benchmark (``synthetic.json``, as ``ekd-data synth`` writes it): its
+      recorded arguments are used (:attr:`config`); a given argument that differs from the recorded
+      one is a DataError naming both sets of values, so a mistyped config never trains on other data.
+    - ``root`` is missing or empty: the benchmark is generated there (:meth:`prepare`) with the given
+      arguments, the defaults of :class:`~ekd.data.synthetic.SyntheticConfig` for the others, and a
+      log line naming the folder and the arguments.
+    - ``root`` holds anything else (a mistyped path, real data): a DataError naming the folder and
+      what it contains; nothing is generated next to those files.
     """
 
     def __init__(
         self, root: str | os.PathLike | None = None, config: SyntheticConfig | Mapping[str, Any] | None = None
     ) -> None:
-        self.config = as_synthetic_config(config)
-        super().__init__(default_synthetic_root(self.config) if root is None else root)
+        self.requested: SyntheticConfig = as_synthetic_config(config)  # validated; defaults when None
+        self.given: tuple[str, ...] = given_synthetic_fields(config)
+        super().__init__(default_synthetic_root(self.requested) if root is None else root)
+        self._recorded: tuple[SyntheticConfig, dict[str, Any]] | None = None
+
+    def _read_recorded(self) -> tuple[SyntheticConfig, dict[str, Any]] | None:
+        # Read until found: another process (rank 0) may generate the benchmark meanwhile; once found
+        # it does not change under a run.
+        if self._recorded is None:
+            self._recorded = read_synthetic_metadata(self.root)
+        return self._recorded
+
+    @property
+    def config(self) -> SyntheticConfig:
+        """The generator arguments of the data: the recorded ones once ``root`` holds a benchmark,
+        else those :meth:`prepare` generates with (given, defaults for the rest)."""
+        recorded = self._read_recorded()
+        return recorded[0] if recorded is not None else self.requested
 
     def ready(self) -> bool:
-        return (self.root / "train.rec").is_file()
+        return self._read_recorded() is not None
+
+    def _check_given(self, recorded: SyntheticConfig) -> None:
+        """DataError when an argument given to this source differs from the recorded one."""
+        diff = [name for name in self.given if getattr(recorded, name) != getattr(self.requested, name)]
+        if not diff:
+            return
+        given = ", ".join(f"{name}={getattr(self.requested, name)}" for name in self.given)
+        differences = "; ".join(
+            f"{name}: {getattr(recorded, name)} recorded, {getattr(self.requested, name)} given"
+            for name in diff
+        )
+        raise DataError(
+            f"{self.root / METADATA_FILE}: the synthetic benchmark in {self.root} was generated with other "
+            f"arguments ({differences}). Recorded: {describe_config(recorded)}. Given: {given}. To train on "
+            "the data in this folder drop the synthetic config (ekd-train: remove the data.synthetic "
+            "overrides, or pass data.synthetic=null); to train on data with the given arguments choose "
+            "another root (an empty or new folder, where it is generated)"
+        )
 
     def prepare(self) -> None:
-        """Generate the benchmark unless ``root`` holds it; refuse one generated with other arguments."""
-        meta_path = self.root / "synthetic.json"
-        if (self.root / "train.rec").is_file():
-            if meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
-                wanted = {"generator_version": GENERATOR_VERSION, **self.config.__dict__}
-                diff = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
-                if diff:
-                    raise DataError(
-                        f"{meta_path}: the synthetic data in {self.root} was generated with other arguments "
-                        f"(found vs requested: {diff}); use another root or delete that folder"
-                    )
+        """Generate the benchmark into a missing or empty ``root``; check the arguments of one already there.
+
+        A non-empty ``root`` without a generated benchmark is a DataError naming the folder and its files.
+        """
+        recorded = self._read_recorded()
+        if recorded is not None:
+            config, meta = recorded
+            self._check_given(config)
+            version = meta.get("generator_version")
+            if version != GENERATOR_VERSION:
+                log.warning(
+                    "%s: synthetic benchmark made by generator version %s (this ekd generates version %s for "
+                    "the same arguments); using the data in the folder as it is",
+                    self.root, version, GENERATOR_VERSION,
+                )  # fmt: skip
             return
-        write_synthetic(self.root, self.config)
+        problem = foreign_folder_problem(self.root)
+        if problem is not None:
+            raise DataError(f"synthetic data source: {problem}")
+        log.info(
+            "generating the synthetic benchmark into %s (%s)", self.root, describe_config(self.requested)
+        )
+        start = time.perf_counter()
+        write_synthetic(self.root, self.requested)
+        log.info("synthetic benchmark written to %s in %.1f s", self.root, time.perf_counter() - start)
 
     def build_dataset(self, flip: bool) -> Dataset:
+        recorded = self._read_recorded()
+        if recorded is None:
+            problem = foreign_folder_problem(self.root)
+            raise DataError(
+                f"synthetic data source: {problem}"
+                if problem is not None
+                else f"{self.root}: no synthetic benchmark generated there yet (prepare() generates it)"
+            )
+        self._check_given(recorded[0])
         return FaceRecordDataset(self.root, flip=flip)
 
     def default_val_sets(self) -> list[str]:
-        return [f"synth_{kind}" for kind in VERIFICATION_SETS]
+        recorded = self._read_recorded()
+        kinds = recorded[1].get("verification_sets", VERIFICATION_SETS) if recorded else VERIFICATION_SETS
+        return [f"synth_{kind}" for kind in kinds]

@@ -22,6 +22,11 @@ around it.
 * ``synth_pose.bin``: one near-frontal image, one with a strong yaw / rotation, in every pair;
 * ``synth_age.bin``: one young and one old rendering in every pair.
 
+It records the generator arguments in ``synthetic.json``, written last: a folder holding it (and
+``train.rec``) is a complete generated benchmark (:func:`read_synthetic_metadata`). The benchmark is
+generated only into a missing or empty folder, or over an earlier generated one; a folder with other
+files is refused (:func:`foreign_folder_problem`).
+
 The hard sets vary the nuisance inside negative pairs too, so that pose or age never tells a
 positive from a negative. ``bench/calibrate_synthetic.py`` checks that the benchmark separates model
 sizes and leaves room for distillation (results in ``BENCHMARKS.md``).
@@ -35,7 +40,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -88,8 +93,41 @@ class SyntheticConfig:
             raise DataError(f"synthetic config quality={self.quality}: expected 1..100")
 
 
+@dataclass
+class SyntheticSettings:
+    """The generator arguments a config gives: the fields of :class:`SyntheticConfig`, each None when not
+    given (the typed ``data.synthetic`` node of a Hydra config).
+
+    None marks what the user or experiment did not set: the arguments recorded with an existing
+    benchmark, or the defaults of :class:`SyntheticConfig`, are used for those
+    (:class:`ekd.data.sources.SyntheticSource`). Command-line overrides of single fields
+    (``data.synthetic.seed=1``) work on this node, which exists with every field None.
+    """
+
+    identities: Optional[int] = None  # noqa: UP045 - OmegaConf reads these annotations at run time
+    images_per_identity: Optional[int] = None  # noqa: UP045
+    pairs: Optional[int] = None  # noqa: UP045
+    heldout_identities: Optional[int] = None  # noqa: UP045
+    seed: Optional[int] = None  # noqa: UP045
+    difficulty: Optional[float] = None  # noqa: UP045
+    quality: Optional[int] = None  # noqa: UP045
+
+
+def given_synthetic_fields(value: SyntheticConfig | Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The generator arguments ``value`` gives: all fields of a SyntheticConfig, the keys of a mapping
+    whose value is not None (:class:`SyntheticSettings`), none for None."""
+    if value is None:
+        return ()
+    if isinstance(value, SyntheticConfig):
+        return tuple(field.name for field in fields(SyntheticConfig))
+    if isinstance(value, Mapping):
+        return tuple(str(key) for key, item in value.items() if item is not None)
+    return ()  # as_synthetic_config rejects anything else
+
+
 def as_synthetic_config(value: SyntheticConfig | Mapping[str, Any] | None) -> SyntheticConfig:
-    """A validated :class:`SyntheticConfig` from one, from a mapping of its fields, or the defaults (None).
+    """A validated :class:`SyntheticConfig` from one, from a mapping of (some of) its fields, or the
+    defaults (None). In a mapping a None value means "not given": that field keeps its default.
 
     Raises DataError naming an unknown key (and listing the fields) or a bad value.
     """
@@ -105,7 +143,7 @@ def as_synthetic_config(value: SyntheticConfig | Mapping[str, Any] | None) -> Sy
                 f"synthetic config: unknown key{'s' if len(unknown) > 1 else ''} "
                 f"{', '.join(map(repr, unknown))}; known keys: {', '.join(known)}"
             )
-        config = SyntheticConfig(**{str(key): item for key, item in value.items()})
+        config = SyntheticConfig(**{str(key): item for key, item in value.items() if item is not None})
     else:
         raise DataError(
             f"synthetic config: expected a SyntheticConfig or a mapping of its fields, got "
@@ -527,6 +565,72 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(issame)
 
 
+METADATA_FILE = "synthetic.json"  # the generator arguments; written last, so it marks a complete benchmark
+
+
+def read_synthetic_metadata(root: str | os.PathLike) -> tuple[SyntheticConfig, dict[str, Any]] | None:
+    """The recorded arguments and the whole ``synthetic.json`` of the benchmark generated into ``root``.
+
+    None when ``root`` holds no complete generated benchmark (no ``synthetic.json`` or no ``train.rec``).
+    A ``synthetic.json`` that is not valid JSON or lacks an argument is a DataError naming the file.
+    """
+    root = Path(root)
+    path = root / METADATA_FILE
+    if not (path.is_file() and (root / "train.rec").is_file()):
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read the recorded generator arguments: {err}") from None
+    names = [field.name for field in fields(SyntheticConfig)]
+    missing = [name for name in names if not isinstance(meta, dict) or name not in meta]
+    if missing:
+        raise DataError(
+            f"{path}: the recorded generator arguments lack {', '.join(missing)}; regenerate the benchmark "
+            "into an empty folder (`ekd-data synth`)"
+        )
+    try:
+        config = as_synthetic_config({name: meta[name] for name in names})
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    return config, meta
+
+
+def foreign_folder_problem(root: str | os.PathLike) -> str | None:
+    """Why the benchmark may not be generated into ``root``, or None (missing, empty or a benchmark).
+
+    Generating only into an empty or new folder keeps a mistyped path from writing next to (or over)
+    a user's files.
+    """
+    root = Path(root)
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        return f"{root} is a file, not a folder"
+    if (root / METADATA_FILE).is_file() and (root / "train.rec").is_file():
+        return None
+    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in root.iterdir())
+    if not entries:
+        return None
+    shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+    hint = ""
+    if "train.rec" in entries:
+        hint = (
+            " (train.rec without synthetic.json: real data -- use the data source 'rec' -- or an "
+            "interrupted generation -- delete the folder to generate again)"
+        )
+    return (
+        f"{root} is not empty and holds no generated synthetic benchmark (no {METADATA_FILE}); it contains "
+        f"{shown}{hint}. The synthetic benchmark is generated only into an empty or new folder: check the "
+        "path or choose another folder"
+    )
+
+
+def describe_config(config: SyntheticConfig) -> str:
+    """``identities=200, images_per_identity=24, ...``: the arguments for log lines and messages."""
+    return ", ".join(f"{name}={value}" for name, value in asdict(config).items())
+
+
 def write_synthetic(
     out: str | os.PathLike,
     config: SyntheticConfig | None = None,
@@ -534,11 +638,17 @@ def write_synthetic(
 ) -> dict[str, object]:
     """Generate the benchmark into ``out``: train.rec/.idx/property, ``synth_<kind>.bin``, synthetic.json.
 
-    Returns a summary (paths and counts).
+    ``out`` must be missing, empty or hold a generated benchmark (which is replaced); a folder with
+    other files is a DataError naming it and what it contains. Returns a summary (paths and counts).
     """
     config = config or SyntheticConfig()
     config.validate()
     out = Path(out)
+    problem = foreign_folder_problem(out)
+    if problem is not None:
+        raise DataError(problem)
+    # Until the new synthetic.json is written the folder must not pass for a complete benchmark.
+    (out / METADATA_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     payloads: list[bytes] = []
     labels: list[int] = []
@@ -558,7 +668,7 @@ def write_synthetic(
         **asdict(config),
         "verification_sets": list(verification_sets),
     }
-    (out / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return {"root": str(out), "images": len(payloads), "identities": config.identities, "bins": bins}
 
 

@@ -12,6 +12,7 @@ from ekd.eval.embed import EmbeddingResult, OnnxEmbedder, TorchEmbedder, extract
 from ekd.eval.evaluate import (
     evaluate_backbone,
     evaluate_ijb_sets,
+    evaluate_trained,
     evaluation_device,
     measure_throughput,
     select_sets,
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate_backbone",
     "evaluate_ijb",
     "evaluate_ijb_sets",
+    "evaluate_trained",
     "evaluation_device",
     "extract_embeddings",
     "fold_accuracies",

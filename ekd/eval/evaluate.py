@@ -8,7 +8,8 @@ and the other jobs of a sweep, still get their results.
 :func:`verification_records` turns those results into what results files store: per set
 ``VerificationResult.to_dict()`` (or ``{"accuracy": None, "error": "non-finite embeddings"}``) and a
 down-sampled ROC curve; :func:`evaluate_backbone` is the two in one call. :func:`evaluate_ijb_sets`
-does the same for IJB-B/C 1:1, :func:`measure_throughput` times inference.
+does the same for IJB-B/C 1:1 (a torch backbone with non-finite weights gets the error entry without
+being run), :func:`measure_throughput` times inference (whatever the weights hold).
 """
 
 from __future__ import annotations
@@ -130,15 +131,31 @@ def evaluate_ijb_sets(
     roc_points: int | None = 200,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """IJB-B/C 1:1 template verification (:func:`ekd.eval.evaluate_ijb`) of ``backbone`` on each of
-    ``names`` under ``root``: (``IJBResult.to_dict()``, down-sampled ROC) per lower-cased set name."""
+    ``names`` under ``root``: (``IJBResult.to_dict()``, down-sampled ROC) per lower-cased set name.
+
+    A torch ``backbone`` whose weights are not finite (a diverged run) gets the error entry of
+    :func:`result_record` for every set, with a warning, instead of an exception from the scoring.
+    """
     records: dict[str, dict] = {}
     rocs: dict[str, dict] = {}
+    diverged = isinstance(backbone, nn.Module) and not weights_finite(backbone)
     for name in names:
+        if diverged:
+            # NaN scores would make the ROC raise, after hours of embedding the IJB images for nothing
+            warnings.warn(f"IJB set {name}: the backbone has non-finite weights; not evaluated", stacklevel=2)
+            records[str(name).lower()] = result_record(None)
+            continue
         result = evaluate_ijb(backbone, root, name=str(name), batch_size=batch_size)
         key = str(name).lower()  # results files name every set in lower case ("ijbc", "lfw")
         records[key] = result.to_dict()
         rocs[key] = metrics.downsample_roc(result.roc_fpr, result.roc_tpr, roc_points)
     return records, rocs
+
+
+def weights_finite(module: nn.Module) -> bool:
+    """Whether every parameter and floating-point buffer of ``module`` is finite."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def measure_throughput(backbone: nn.Module, batch_size: int, warmup: int, iterations: int) -> dict[str, Any]:
@@ -186,3 +203,24 @@ def evaluation_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def evaluate_trained(
+    backbone: nn.Module,
+    sets: VerificationSets,
+    batch_size: int,
+    roc_points: int | None = 200,
+    ijb_root: str | None = None,
+    ijb_sets: Iterable[str] = (),
+) -> tuple[dict[str, dict], dict[str, dict], float | None]:
+    """The final evaluation of a trained backbone (what ``ekd-train`` records): the pair-verification
+    ``sets`` and, with ``ijb_root``, IJB-B/C 1:1 on ``ijb_sets``. Returns (metrics per set, ROC curves
+    per set, the mean accuracy over the pair-verification sets that have one, or None)."""
+    metrics, rocs = evaluate_backbone(backbone, sets, batch_size, roc_points)
+    if ijb_root:
+        ijb_metrics, ijb_rocs = evaluate_ijb_sets(backbone, ijb_root, ijb_sets, batch_size, roc_points)
+        metrics.update(ijb_metrics)
+        rocs.update(ijb_rocs)
+    # IJB entries have no accuracy; a diverged set has accuracy None
+    accuracies = [m["accuracy"] for m in metrics.values() if m.get("accuracy") is not None]
+    return metrics, rocs, (sum(accuracies) / len(accuracies) if accuracies else None)

@@ -221,6 +221,7 @@ class RecognitionModule(pl.LightningModule):
 
         self.skipped_steps = 0
         self._skip_update = False
+        self._warned_nonfinite_weights = False
         self._buffer_snapshot: list[torch.Tensor] | None = None
         # detached values of the last logged step (for callbacks and tests)
         self.last_logged: dict[str, torch.Tensor] = {}
@@ -426,12 +427,28 @@ class RecognitionModule(pl.LightningModule):
         self._restore_buffers()
         self.skipped_steps += 1
         self._skip_update = True
+        if not self._warned_nonfinite_weights and not self._weights_finite():
+            # the weights themselves diverged (e.g. a finite loss with overflowing gradients): every later
+            # step skips too, and the run ends with null metrics; say so once instead of going on silently
+            self._warned_nonfinite_weights = True
+            if dist.rank() == 0:
+                warnings.warn(
+                    f"nonfinite='skip': the trainable weights are non-finite at global step "
+                    f"{self.global_step}; every remaining step will be skipped and the evaluation will "
+                    "record null metrics",
+                    stacklevel=2,
+                )
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
         if dist.is_distributed():
             # Lightning forbids None under DDP: zero gradients for every trainable parameter
             params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
             return sum((p * 0).sum() for p in params)
         return None
+
+    def _weights_finite(self) -> bool:
+        """Whether every trainable parameter is finite (one device sync)."""
+        params = [p.detach() for m in self.trainable_modules() for p in m.parameters()]
+        return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
     def _trainable_buffers(self) -> list[torch.Tensor]:
         return [b for m in self.trainable_modules() for b in m.buffers()]

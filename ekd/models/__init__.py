@@ -11,11 +11,17 @@ from ekd.models.complexity import count_macs, count_parameters
 from ekd.models.export import export_onnx
 from ekd.models.features import Features
 from ekd.models.loading import (
+    BackboneConflictError,
+    BackboneRecordError,
+    BackboneSpec,
     CheckpointError,
     CheckpointMismatchError,
+    checkpoint_backbone,
     file_sha256,
     load_backbone,
+    load_recorded_backbone,
     read_checkpoint,
+    write_backbone_record,
 )
 from ekd.models.registry import (
     create_backbone,
@@ -26,10 +32,14 @@ from ekd.models.registry import (
 )
 
 __all__ = [
+    "BackboneConflictError",
+    "BackboneRecordError",
+    "BackboneSpec",
     "CheckpointError",
     "CheckpointMismatchError",
     "FaceBackbone",
     "Features",
+    "checkpoint_backbone",
     "count_macs",
     "count_parameters",
     "create_backbone",
@@ -38,7 +48,9 @@ __all__ = [
     "list_backbone_families",
     "list_backbones",
     "load_backbone",
+    "load_recorded_backbone",
     "parse_backbone_options",
     "read_checkpoint",
     "register_backbone",
+    "write_backbone_record",
 ]

@@ -18,12 +18,36 @@ A state dict that does not match the model key-for-key and shape-for-shape raise
 ``CheckpointMismatchError`` naming the file and the first missing / unexpected / mis-shaped keys
 (with counts). Only ``num_batches_tracked`` buffers may be absent (checkpoints from PyTorch < 0.4.1
 lack them); they keep the model's value.
+
+Which network a file holds (``BackboneSpec``: registry name, embedding size, factory options) is read
+from the file where it is recorded, so that commands need no architecture flags for it
+(:func:`checkpoint_backbone`, :func:`load_recorded_backbone`):
+
+- a Lightning checkpoint of ``ekd.lit``: the ``hyper_parameters`` section named like the prefix
+  (``student`` by default, ``teacher`` with ``prefix="teacher."``; a ``BackboneConfig`` as a dict).
+  A Lightning checkpoint without that section is a ``BackboneRecordError`` when nothing else names
+  the backbone;
+- any other file (``backbone.pth`` written by ``ekd-train``): its *backbone record*, a JSON file
+  next to it with the same stem (``backbone.pth`` -> ``backbone.json``), written by
+  :func:`write_backbone_record`::
+
+      {"format": "ekd-backbone/1", "name": "mobilefacenet", "embedding_size": 512, "kwargs": {}}
+
+  ``kwargs`` are the ``create_backbone`` options besides ``embedding_size`` (JSON values; lists
+  stand for tuples). A file without a record (an insightface ``backbone.pth``) records nothing: the
+  caller names the backbone.
+
+Names, sizes and options given by the caller win where the record is silent (an option it lacks),
+and must agree with it otherwise: a contradiction is a ``BackboneConflictError`` naming both values,
+never a silently different network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
+import json
 import os
 import pickle
 import re
@@ -31,12 +55,13 @@ import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ekd.models.base import FaceBackbone
-from ekd.models.registry import create_backbone
+from ekd.models.registry import BACKBONES, create_backbone
 
 PathLike = str | os.PathLike
 
@@ -62,6 +87,20 @@ SHOW_FIRST = 5  # keys listed per category in mismatch messages
 
 class CheckpointError(ValueError):
     """A file that cannot be used as a backbone checkpoint (not a checkpoint, no state dict, bad prefix)."""
+
+
+class BackboneRecordError(CheckpointError):
+    """The file does not record which backbone it holds (and none was named), or its record is malformed."""
+
+
+class BackboneConflictError(CheckpointError):
+    """A backbone name, embedding size or option given by the caller contradicts the file's record."""
+
+    def __init__(self, message: str, field: str, given: object, recorded: object) -> None:
+        super().__init__(message)
+        self.field = field
+        self.given = given
+        self.recorded = recorded
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -207,8 +246,11 @@ def read_state_dict(
     See the module docstring for the accepted files and the prefix rule.
     """
     path = Path(path)
-    obj = read_checkpoint(path, trust_pickle)
+    return _select_state_dict(read_checkpoint(path, trust_pickle), path, prefix)
 
+
+def _select_state_dict(obj: object, path: Path, prefix: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """``read_state_dict`` on an object already read from ``path``."""
     source = str(path)
     if isinstance(obj, nn.Module):
         state: dict[str, object] = dict(obj.state_dict())
@@ -286,14 +328,306 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 
 
 def load_backbone(
-    name: str, path: PathLike, prefix: str | None = None, trust_pickle: bool = False, **options
+    name: str | None, path: PathLike, prefix: str | None = None, trust_pickle: bool = False, **options
 ) -> FaceBackbone:
-    """Build backbone ``name`` (``options`` go to ``create_backbone``), load ``path`` strictly.
+    """Build the backbone ``path`` holds, load its weights strictly; returns the model in eval mode.
 
-    Returns the model in eval mode. Errors: FileNotFoundError, ``CheckpointError`` (not a checkpoint,
-    no state dict, unknown prefix, untrusted pickle) and ``CheckpointMismatchError`` (keys / shapes).
+    ``name`` and ``options`` (``embedding_size`` and the ``create_backbone`` options) may be left out
+    where the file records its backbone (module docstring); given ones must agree with the record.
+    Errors: FileNotFoundError, ``CheckpointError`` (not a checkpoint, no state dict, unknown prefix,
+    untrusted pickle), ``BackboneRecordError`` (no name and no record), ``BackboneConflictError``
+    (a contradiction with the record) and ``CheckpointMismatchError`` (keys / shapes).
     """
-    model = create_backbone(name, **options)
-    state, source = read_state_dict(path, prefix=prefix, trust_pickle=trust_pickle)
+    embedding_size = options.pop("embedding_size", None)
+    model, _ = load_recorded_backbone(
+        path,
+        prefix=prefix,
+        name=name,
+        embedding_size=embedding_size,
+        kwargs=options,
+        trust_pickle=trust_pickle,
+    )
+    return model
+
+
+# --------------------------------------------------------------------------------- backbone records
+BACKBONE_RECORD_FORMAT = "ekd-backbone/1"
+# how the arguments are called in messages; commands pass their flag names instead
+DEFAULT_ARGUMENT_NAMES: dict[str, str] = {
+    "name": "the backbone name",
+    "embedding_size": "embedding_size",
+    "kwargs": "option",
+}
+
+
+@dataclasses.dataclass
+class BackboneSpec:
+    """What builds a backbone: registry name, embedding size, the other ``create_backbone`` options.
+
+    ``source`` says where it was read (``<file> hyper_parameters['student']``, ``<record>.json``) or
+    ``"arguments"`` when the caller named it.
+    """
+
+    name: str
+    embedding_size: int = 512
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: str = "arguments"
+
+    def create(self) -> FaceBackbone:
+        """``create_backbone(name, embedding_size, **kwargs)``: the network, randomly initialised."""
+        return create_backbone(self.name, embedding_size=self.embedding_size, **self.kwargs)
+
+
+def backbone_record_path(weights: PathLike) -> Path:
+    """The backbone record of a weights file: same folder and stem, ``.json`` (``backbone.json``)."""
+    return Path(weights).with_suffix(".json")
+
+
+def _json_value(value: Any) -> Any:
+    # tuples (options parsed from the command line) and lists (JSON, OmegaConf) compare and store alike
+    if isinstance(value, (tuple, list)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    return value
+
+
+def _check_embedding_size(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BackboneRecordError(f"{where}: embedding_size must be a positive int, got {value!r}")
+    return value
+
+
+def write_backbone_record(
+    path: PathLike, name: str, embedding_size: int, kwargs: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the backbone record of the weights file ``path`` (``backbone.pth`` -> ``backbone.json``).
+
+    ``name``: registry name; ``embedding_size``; ``kwargs``: the other ``create_backbone`` options
+    (JSON-serialisable; tuples are stored as lists). Written atomically; returns the record's path.
+    """
+    record = backbone_record_path(path)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backbone record of {path}: name must be a non-empty string, got {name!r}")
+    try:
+        _check_embedding_size(embedding_size, f"backbone record of {path}")
+    except BackboneRecordError as error:
+        raise ValueError(str(error)) from None
+    data = {
+        "format": BACKBONE_RECORD_FORMAT,
+        "name": name,
+        "embedding_size": embedding_size,
+        "kwargs": _json_value(dict(kwargs or {})),
+    }
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"backbone record of {path}: kwargs are not JSON-serialisable ({error})") from None
+    tmp = record.with_name(f".{record.name}.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, record)
+    return record
+
+
+def read_backbone_record(weights: PathLike) -> BackboneSpec | None:
+    """The backbone record next to ``weights`` (see :func:`backbone_record_path`); None when absent.
+
+    A malformed record is a ``BackboneRecordError`` naming it.
+    """
+    record = backbone_record_path(weights)
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BackboneRecordError(f"backbone record {record} is not readable JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise BackboneRecordError(
+            f"backbone record {record} holds a {type(data).__name__}, not a JSON object"
+        )
+    if data.get("format", BACKBONE_RECORD_FORMAT) != BACKBONE_RECORD_FORMAT:
+        raise BackboneRecordError(
+            f"backbone record {record} has format {data.get('format')!r}; this ekd reads "
+            f"{BACKBONE_RECORD_FORMAT!r}"
+        )
+    return _spec_from_section(data, str(record))
+
+
+def _spec_from_section(section: Mapping[str, Any], source: str) -> BackboneSpec:
+    name = section.get("name")
+    if not isinstance(name, str) or not name:
+        raise BackboneRecordError(f"{source} names no backbone (name: {name!r})")
+    embedding_size = section.get("embedding_size")
+    embedding_size = 512 if embedding_size is None else _check_embedding_size(embedding_size, source)
+    kwargs = section.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise BackboneRecordError(f"{source}: kwargs must be a mapping, got {type(kwargs).__name__}")
+    return BackboneSpec(name, embedding_size, dict(kwargs), source)
+
+
+def _plain_container(value: Any) -> Any:
+    # hyper-parameters of older runs may be OmegaConf containers
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover  (a dependency of ekd)
+        return value
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _network_of(prefix: str | None) -> str:
+    return (prefix or "student.").rstrip(".")
+
+
+def _recorded_spec(obj: object, path: Path, prefix: str | None) -> BackboneSpec | None:
+    """What ``obj`` (read from ``path``) records about the network under ``prefix``; None: nothing."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        network = _network_of(prefix)
+        hparams = _plain_container(obj.get("hyper_parameters"))
+        section = hparams.get(network) if isinstance(hparams, Mapping) else None
+        section = _plain_container(section)
+        if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
+            recorded = (
+                [k for k in ("student", "teacher") if isinstance(hparams.get(k), Mapping)]
+                if isinstance(hparams, Mapping)
+                else []
+            )
+            also = f" (it records: {', '.join(recorded)})" if recorded else ""
+            raise BackboneRecordError(
+                f"{path} is a Lightning checkpoint whose hyper_parameters record no '{network}' backbone"
+                f"{also}; ekd.lit records the 'student' and 'teacher' sections"
+            )
+        return _spec_from_section(section, f"{path} hyper_parameters[{network!r}]")
+    return read_backbone_record(path)
+
+
+def checkpoint_backbone(
+    path: PathLike, prefix: str | None = "student.", trust_pickle: bool = False
+) -> BackboneSpec | None:
+    """The backbone ``path`` records for ``prefix`` (module docstring), or None where it records none.
+
+    An ekd Lightning checkpoint gives its ``hyper_parameters`` section named like the prefix
+    (``student`` for ``None`` / ``"student."``, ``teacher`` for ``"teacher."``), and a
+    ``BackboneRecordError`` when that section is absent; any other file gives its backbone record
+    (``backbone.json`` beside ``backbone.pth``) or None (an insightface ``backbone.pth``).
+    """
+    path = Path(path)
+    return _recorded_spec(read_checkpoint(path, trust_pickle), path, prefix)
+
+
+def _same_backbone_name(given: str, recorded: str) -> bool:
+    if given == recorded:
+        return True
+    try:  # aliases: one factory with the same arguments (a family's model name included)
+        return BACKBONES.resolve(given) == BACKBONES.resolve(recorded)
+    except ValueError:
+        return False
+
+
+def _conflict(
+    field: str, given_text: str, recorded_text: str, given: object, recorded: object, spec: BackboneSpec
+) -> BackboneConflictError:
+    return BackboneConflictError(
+        f"{given_text} contradicts {recorded_text} recorded in {spec.source}; leave it out to build the "
+        "network these weights were trained in",
+        field,
+        given,
+        recorded,
+    )
+
+
+def _hint(names: Mapping[str, str]) -> str:
+    return f"give {names['name']} (and {names['embedding_size']} / {names['kwargs']} unless the defaults)"
+
+
+def merge_backbone_spec(
+    recorded: BackboneSpec | None,
+    name: str | None = None,
+    embedding_size: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    source: str = "the file",
+    argument_names: Mapping[str, str] | None = None,
+) -> BackboneSpec:
+    """The backbone to build from what a file records and what the caller gave.
+
+    Given values win where the record is silent (an option it lacks); a given name, embedding size
+    or option value that differs from the record raises ``BackboneConflictError`` naming both (names
+    of the same factory, e.g. aliases, agree). Without a record ``name`` is required
+    (``BackboneRecordError`` otherwise; ``source`` names the file in that message), and the embedding
+    size defaults to 512. ``argument_names`` says how the caller spells ``name`` / ``embedding_size``
+    / ``kwargs`` in messages (command-line flags).
+    """
+    names = {**DEFAULT_ARGUMENT_NAMES, **(argument_names or {})}
+    kwargs = dict(kwargs or {})
+    if "embedding_size" in kwargs:  # accepted among the options too (ekd-cache's --teacher-kwargs)
+        size = kwargs.pop("embedding_size")
+        if embedding_size is not None and size != embedding_size:
+            raise ValueError(f"embedding_size given twice: {embedding_size} and {size} (in the options)")
+        embedding_size = size
+    if recorded is None:
+        if name is None:
+            raise BackboneRecordError(f"{source} does not record which backbone it holds: {_hint(names)}")
+        return BackboneSpec(name, 512 if embedding_size is None else embedding_size, kwargs, "arguments")
+
+    if name is not None and not _same_backbone_name(name, recorded.name):
+        raise _conflict(
+            "name", f"{names['name']} {name!r}", repr(recorded.name), name, recorded.name, recorded
+        )
+    if embedding_size is not None and embedding_size != recorded.embedding_size:
+        raise _conflict(
+            "embedding_size",
+            f"{names['embedding_size']} {embedding_size}",
+            str(recorded.embedding_size),
+            embedding_size,
+            recorded.embedding_size,
+            recorded,
+        )
+    merged = dict(recorded.kwargs)
+    for key, value in kwargs.items():
+        if key in merged and _json_value(value) != _json_value(merged[key]):
+            raise _conflict(
+                "kwargs",
+                f"{names['kwargs']} {key}={value!r}",
+                f"{key}={merged[key]!r}",
+                value,
+                merged[key],
+                recorded,
+            )
+        merged[key] = value
+    return BackboneSpec(name or recorded.name, recorded.embedding_size, merged, recorded.source)
+
+
+def load_recorded_backbone(
+    path: PathLike,
+    prefix: str | None = None,
+    name: str | None = None,
+    embedding_size: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+    argument_names: Mapping[str, str] | None = None,
+) -> tuple[FaceBackbone, BackboneSpec]:
+    """(model in eval mode, what built it): the backbone ``path`` holds under ``prefix``, loaded strictly.
+
+    Reads the file once. The network is what the file records (:func:`checkpoint_backbone`) merged
+    with ``name`` / ``embedding_size`` / ``kwargs`` by :func:`merge_backbone_spec`; a Lightning
+    checkpoint without the record is accepted when ``name`` is given. Errors: those of
+    :func:`load_backbone`.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path, trust_pickle)
+    names = {**DEFAULT_ARGUMENT_NAMES, **(argument_names or {})}
+    try:
+        recorded = _recorded_spec(obj, path, prefix)
+    except BackboneRecordError as error:
+        if name is None:
+            raise BackboneRecordError(f"{error}; {_hint(names)}") from None
+        recorded = None  # a Lightning checkpoint not written by ekd.lit: the caller's name is all there is
+    source = (
+        str(path)
+        if recorded is not None or isinstance(obj, nn.Module)
+        else f"{path} (a plain state dict, no backbone record {backbone_record_path(path).name} beside it)"
+    )
+    spec = merge_backbone_spec(recorded, name, embedding_size, kwargs, source, names)
+    model = spec.create()
+    state, source = _select_state_dict(obj, path, prefix)
     load_state_dict_checked(model, state, source)
-    return model.eval()
+    return model.eval(), spec

@@ -13,6 +13,8 @@ from ekd.report.results import (
     RunResults,
     check_unfinished,
     collect_results,
+    error_record,
+    failure_record,
     find_results,
     git_commit,
     library_versions,
@@ -21,6 +23,7 @@ from ekd.report.results import (
 )
 from ekd.report.table import (
     ComparisonTable,
+    FailedRun,
     Row,
     Stat,
     build_tables,
@@ -38,6 +41,7 @@ __all__ = [
     "FORMAT",
     "RESULTS_FILE",
     "ComparisonTable",
+    "FailedRun",
     "FinishedRunError",
     "ResultsError",
     "RunResults",
@@ -46,6 +50,8 @@ __all__ = [
     "build_tables",
     "check_unfinished",
     "collect_results",
+    "error_record",
+    "failure_record",
     "find_results",
     "git_commit",
     "library_versions",

@@ -2,10 +2,16 @@
 
 :class:`RunResults` is the schema (format ``ekd-results/2``); :func:`write_results` and
 :func:`load_results` are the only writer and reader. Rates are fractions in [0, 1], never percent;
-non-finite numbers are stored as ``null``. Fields:
+non-finite numbers are stored as ``null``. A run whose fit raised leaves a record too
+(:func:`failure_record`: ``status: "failed"``, the exception in ``error``, empty metrics), so that a
+sweep's table can say which jobs failed and why. Fields:
 
 ===================  ==============================================================================
 format               ``"ekd-results/2"`` (files of format 1 are still read; see :func:`load_results`)
+status               ``"finished"`` (the fit ran to its end and the backbone was evaluated) or ``"failed"``
+                     (the fit raised: ``metrics`` is empty); files without the key are ``"finished"``
+error                null for a finished run; for a failed one ``{"type": exception class name,
+                     "message": str(exception), "step": global step it happened at (or null)}``
 method               the table row's key: ``none`` (no KD), ``teacher``, ``kd``, ``ekd``, ``kd_rkd``, ...
 label                the row's display name (the method file's ``label``: ``KD``, ``EKD``, ...)
 order                where the row goes in the table (the method file's ``order``; lower first)
@@ -34,13 +40,14 @@ created              ISO time the file was written; ``versions`` of ekd, torch, 
 ===================  ==============================================================================
 
 Files are written atomically (temporary file + rename), so a reader never sees half a file, and a
-directory that already holds a ``results.json`` is a finished run that :func:`check_unfinished`
-refuses to reuse unless told to overwrite.
+directory that already holds the ``results.json`` of a finished run is one that :func:`check_unfinished`
+refuses to reuse unless told to overwrite (the record of a failed run is simply replaced by the rerun).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -60,6 +67,10 @@ FORMAT_V1 = "ekd-results/1"
 
 DEFAULT_ORDER = 1000.0
 
+FINISHED = "finished"
+FAILED = "failed"
+STATUSES: tuple[str, ...] = (FINISHED, FAILED)
+
 
 @dataclass
 class RunResults:
@@ -70,6 +81,8 @@ class RunResults:
     student: str
     seed: int
     metrics: dict[str, dict[str, Any]]
+    status: str = FINISHED
+    error: dict[str, Any] | None = None
     label: str = ""  # "" -> the method key
     order: float = DEFAULT_ORDER
     paper_row: str | None = None
@@ -102,6 +115,14 @@ class RunResults:
 
     def __post_init__(self) -> None:
         self.label = self.label or self.method
+        problem = _status_problem(self.status, self.error, self.metrics)
+        if problem:
+            raise ResultsError(problem)
+
+    @property
+    def failed(self) -> bool:
+        """The fit raised (``status == "failed"``): no metrics, the exception in ``error``."""
+        return self.status == FAILED
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "results") -> RunResults:
@@ -125,6 +146,9 @@ class RunResults:
                 raise ResultsError(f"{source}: {key!r} must be a string, got {data[key]!r}")
         if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
             raise ResultsError(f"{source}: 'seed' must be an integer, got {data['seed']!r}")
+        problem = _status_problem(data.get("status", FINISHED), data.get("error"), data["metrics"])
+        if problem:
+            raise ResultsError(f"{source}: {problem}")
         order = data.get("order", DEFAULT_ORDER)
         if isinstance(order, bool) or not isinstance(order, (int, float)):
             raise ResultsError(f"{source}: 'order' must be a number, got {order!r}")
@@ -141,14 +165,63 @@ class ResultsError(ValueError):
     """A results file that is missing, unreadable or not in the expected format."""
 
 
+def _status_problem(status: Any, error: Any, metrics: Mapping[str, Any]) -> str | None:
+    """What is wrong with a record's ``status`` / ``error`` / ``metrics`` combination (None: nothing)."""
+    if status not in STATUSES:
+        return f"unknown status {status!r} (known: {', '.join(STATUSES)})"
+    if error is not None and not isinstance(error, Mapping):
+        return f"'error' must be an object or null, got {error!r}"
+    if status == FAILED:
+        if error is None:
+            return "a failed run needs its 'error'"
+        if metrics:
+            # a table would otherwise average numbers of a run that never finished
+            return f"a failed run has no metrics, got sets {sorted(metrics)}"
+    elif error is not None:
+        return f"a finished run has no 'error' (got {dict(error)}); set status to 'failed'"
+    return None
+
+
+def error_record(exc: BaseException, step: int | None = None) -> dict[str, Any]:
+    """The ``error`` entry of a failed run: exception class name, message and global step."""
+    return {"type": type(exc).__name__, "message": str(exc), "step": None if step is None else int(step)}
+
+
+def failure_record(exc: BaseException, step: int | None = None, **fields: Any) -> RunResults:
+    """The record of a run whose fit raised ``exc`` at global step ``step``.
+
+    ``fields`` are :class:`RunResults` fields (``method``, ``dataset``, ``student`` and ``seed`` are
+    required; ``label``, ``order``, ``paper_row``, ``output_dir``, ... as for a finished run). The
+    record has ``status="failed"``, ``error=error_record(exc, step)`` and no metrics; ``created`` is
+    now unless given.
+    """
+    for key in ("status", "error", "metrics"):
+        if key in fields:
+            raise TypeError(f"failure_record sets {key!r} itself")
+    fields.setdefault("created", _now())
+    return RunResults(status=FAILED, error=error_record(exc, step), metrics={}, **fields)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 class FinishedRunError(FileExistsError):
     """The output directory already holds a finished run."""
 
 
 def check_unfinished(directory: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raise :class:`FinishedRunError` when ``directory`` holds a results file and ``overwrite`` is off."""
+    """Raise :class:`FinishedRunError` when ``directory`` holds a results file and ``overwrite`` is off.
+
+    The record of a failed run does not count: rerunning the job in its directory replaces it.
+    """
     path = Path(directory) / RESULTS_FILE
     if path.exists() and not overwrite:
+        try:
+            if load_results(path).failed:
+                return
+        except ResultsError:
+            pass  # an unreadable file is not known to be a failure: keep refusing
         raise FinishedRunError(
             f"{path} exists: {directory} holds a finished run. Choose another output directory "
             f"(e.g. drop the fixed hydra.run.dir) or pass overwrite=true to replace it."

@@ -16,8 +16,13 @@ teacher; ``Paper dAvg`` is the paper's average gain of the method over its no-KD
 for the direction and size of the effect when the columns themselves are not comparable (synthetic
 data, another student).
 
-Outputs: Markdown, CSV (long form, one line per row x column), LaTeX (booktabs), a bar chart PNG and
-a ``wandb.Table``.
+Runs whose fit failed (``status: "failed"`` in results.json) contribute no values: each row counts
+them (``Runs`` is ``2 (+1 failed)``), a row whose runs all failed still appears without values, and
+the failed runs are listed under the table with their folder and the exception.
+
+Outputs: Markdown, CSV (long form, one line per row x column, a ``failed`` count on each; a row
+without values has one line with an empty column), LaTeX (booktabs; failed runs as comments under
+the table), a bar chart PNG and a ``wandb.Table``.
 """
 
 from __future__ import annotations
@@ -120,6 +125,31 @@ class Stat:
         return math.sqrt(math.fsum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
 
 
+@dataclass(frozen=True)
+class FailedRun:
+    """A run of a row whose fit raised: its seed, its folder and the recorded ``error``."""
+
+    seed: int
+    folder: str
+    error: Mapping[str, Any]
+
+    @property
+    def reason(self) -> str:
+        """``Type at step N: first line of the message`` (the parts that were recorded)."""
+        kind = str(self.error.get("type") or "error")
+        step = self.error.get("step")
+        message = str(self.error.get("message") or "").strip().splitlines()
+        text = kind if step is None else f"{kind} at step {step}"
+        if message:
+            # one line: the reason goes into list items and LaTeX comments
+            first = message[0] if len(message[0]) <= REASON_CHARS else message[0][: REASON_CHARS - 1] + "…"
+            text += f": {first}"
+        return text
+
+
+REASON_CHARS = 300
+
+
 @dataclass
 class Row:
     method: str
@@ -130,7 +160,8 @@ class Row:
     order: float = 0.0
     paper_row: str | None = None
     seeds: list[int] = field(default_factory=list)
-    runs: list[str] = field(default_factory=list)  # results files
+    runs: list[str] = field(default_factory=list)  # results files of the finished runs
+    failed: list[FailedRun] = field(default_factory=list)  # runs whose fit raised (no values)
     cells: dict[str, Stat] = field(default_factory=dict)  # column label (and Avg) -> values
     delta: dict[str, float] = field(default_factory=dict)  # column label -> mean - no-KD mean
     paper: dict[str, float] = field(default_factory=dict)  # column label (and Avg) -> paper value
@@ -138,7 +169,12 @@ class Row:
 
     @property
     def n(self) -> int:
+        """Finished runs (the ones the cells aggregate)."""
         return len(self.runs)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
 
 
 @dataclass
@@ -156,6 +192,11 @@ class ComparisonTable:
         if any(c.in_average for c in self.columns):
             labels.append(AVERAGE)
         return labels
+
+    @property
+    def failures(self) -> list[tuple[Row, FailedRun]]:
+        """The failed runs of every row, in row order."""
+        return [(row, run) for row in self.rows for run in row.failed]
 
     def row(self, method: str, student: str | None = None) -> Row:
         """The row of ``method`` (for ``student`` when several students are in the table)."""
@@ -245,6 +286,10 @@ def _build_table(
                 paper_row=result.paper_row,
             )
         row = rows[key]
+        if result.failed:
+            folder = str(Path(result.path).parent) if result.path else (result.output_dir or "?")
+            row.failed.append(FailedRun(result.seed, folder, result.error or {}))
+            continue  # a failed record has no metrics
         if result.seed in row.seeds:
             notes.append(f"{row.label}: seed {result.seed} appears in more than one run; all are averaged")
         row.seeds.append(result.seed)
@@ -343,6 +388,16 @@ def format_cell(row: Row, label: str, paper: bool = True) -> str:
     return text
 
 
+def runs_cell(row: Row) -> str:
+    """The ``Runs`` cell: finished runs, plus the failed ones when there are any (``2 (+1 failed)``)."""
+    return f"{row.n} (+{row.n_failed} failed)" if row.failed else str(row.n)
+
+
+def failure_lines(table: ComparisonTable) -> list[str]:
+    """One ``<row>, seed <s>: <folder> -- <reason>`` line per failed run of ``table``."""
+    return [f"{row.label}, seed {run.seed}: {run.folder} -- {run.reason}" for row, run in table.failures]
+
+
 def _title(table: ComparisonTable) -> str:
     what = "verification accuracy" if table.metric == "accuracy" else table.metric
     return f"{what} (%) on {table.dataset}"
@@ -362,7 +417,7 @@ def to_markdown(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
         ]
         for row in table.rows:
-            cells = [row.label, str(row.n), *(format_cell(row, label) for label in table.labels)]
+            cells = [row.label, runs_cell(row), *(format_cell(row, label) for label in table.labels)]
             cells.append(_fmt(row.paper_delta_avg, signed=True))
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
@@ -372,6 +427,9 @@ def to_markdown(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
             "Paper ΔAvg: the paper's 5-benchmark average of the method minus that of its no-KD student.",
         ]
         lines += [f"- note: {note}" for note in table.notes]
+        if table.failures:
+            lines += ["", f"Failed runs ({len(table.failures)}, no values in the table):"]
+            lines += [f"- {line}" for line in failure_lines(table)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -385,6 +443,7 @@ CSV_FIELDS = (
     "teacher",
     "column",
     "n",
+    "failed",
     "seeds",
     "mean",
     "std",
@@ -402,21 +461,28 @@ def to_csv(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
     writer.writeheader()
     for table in tables:
         for row in table.rows:
+            common = {
+                "dataset": table.dataset,
+                "metric": table.metric,
+                "method": row.method,
+                "label": row.label,
+                "student": row.student,
+                "teacher": row.teacher or "",
+                "failed": row.n_failed,
+                "seeds": " ".join(str(s) for s in row.seeds),
+            }
+            if not row.cells:
+                # a row without values (e.g. all its runs failed) still shows up, with its counts
+                writer.writerow({**common, "column": "", "n": row.n})
             for label in table.labels:
                 stat = row.cells.get(label)
                 if stat is None:
                     continue
                 writer.writerow(
                     {
-                        "dataset": table.dataset,
-                        "metric": table.metric,
-                        "method": row.method,
-                        "label": row.label,
-                        "student": row.student,
-                        "teacher": row.teacher or "",
+                        **common,
                         "column": label,
                         "n": stat.n,
-                        "seeds": " ".join(str(s) for s in row.seeds),
                         "mean": repr(stat.mean),
                         "std": "" if stat.std is None else repr(stat.std),
                         "delta": repr(row.delta[label]) if label in row.delta else "",
@@ -434,7 +500,8 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
-    """booktabs tables: ``mean$\\pm$std`` with the delta to no-KD and the paper's value underneath."""
+    """booktabs tables: ``mean$\\pm$std`` with the delta to no-KD and the paper's value underneath;
+    the failed runs as ``%`` comments after the table (kept out of the typeset output)."""
     if isinstance(tables, ComparisonTable):
         tables = [tables]
     parts = []
@@ -448,7 +515,7 @@ def to_latex(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
             "\\midrule",
         ]
         for row in table.rows:
-            cells = [_latex_escape(row.label), str(row.n)]
+            cells = [_latex_escape(row.label), runs_cell(row)]
             for label in labels:
                 stat = row.cells.get(label)
                 if stat is None:
@@ -467,6 +534,9 @@ def to_latex(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
                 cells.append(cell)
             lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
+        if table.failures:
+            lines.append(f"% failed runs ({len(table.failures)}, no values in the table):")
+            lines += [f"% {line}" for line in failure_lines(table)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -539,7 +609,7 @@ def to_wandb_table(tables: ComparisonTable | Sequence[ComparisonTable]) -> Any:
     text = to_csv(tables)
     reader = csv.reader(io.StringIO(text))
     header = next(reader)
-    numeric = {"n", "mean", "std", "delta", "paper"}
+    numeric = {"n", "failed", "mean", "std", "delta", "paper"}
     data = []
     for record in reader:
         data.append(

@@ -32,12 +32,16 @@ def finish_wandb_run() -> Path | None:
 
 def log_run_summary(results: RunResults) -> None:
     """The run's final numbers in the active W&B run: summary metrics per verification set (accuracy,
-    its std, TPR@FPR), params, MACs, throughput and a per-set ``wandb.Table``. No-op without a run."""
+    its std, TPR@FPR), params, MACs, throughput and a per-set ``wandb.Table``; ``status`` and, for a
+    failed run, ``error/type``, ``error/message``, ``error/step``. No-op without a run."""
     import wandb
 
     run = wandb.run
     if run is None:
         return
+    run.summary["status"] = results.status
+    for key, value in (results.error or {}).items():
+        run.summary[f"error/{key}"] = value
     metrics = results.metrics
     fprs = sorted({key for values in metrics.values() for key in (values.get("tpr_at_fpr") or {})})
     rows = []

@@ -59,3 +59,66 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
     (tmp_path / "broken.rec").write_bytes(b"\x00" * 16)
     assert main(["reindex", str(tmp_path / "broken.rec")]) == 2
     assert "wrong magic 0x00000000 at byte offset 0" in capsys.readouterr().err
+
+
+def test_help_shows_usage_examples(capsys):
+    import pytest
+
+    for argv, example in (
+        ([], "ekd-data synth data/synth --identities 20 --images-per-identity 8"),
+        (["pack"], "ekd-data pack faces/ data/mydata"),
+        (["synth"], "ekd-train experiment=synthetic/teacher data.root=data/synth data.synthetic=null"),
+        (["reindex"], "ekd-data reindex data/mydata/train.rec --idx /tmp/train.idx"),
+        (["info"], "ekd-data info data/synth/synth_pose.bin"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and "example" in out and example in out, (argv, out)
+    # the raw formatter keeps the example lines as written (one command per line)
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    assert "\n  ekd-data synth data/synth --identities 20 --images-per-identity 8 --pairs 100 --seed 1\n" in (
+        capsys.readouterr().out
+    )
+
+
+def test_synth_records_its_arguments_for_the_synthetic_source(tmp_path, capsys):
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import ekd.cli.train  # noqa: F401 - registers the config schema
+    from ekd.config import CONF_DIR
+    from ekd.data.datamodule import FaceDataModule
+
+    out = tmp_path / "synth"
+    argv = ["synth", str(out), "--identities", "3", "--images-per-identity", "2", "--pairs", "4",
+            "--heldout-identities", "2", "--seed", "3", "--quality", "80"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"arguments recorded in {out / 'synthetic.json'}" in printed
+    assert f"ekd-train data.source=synthetic data.root={out}" in printed
+    recorded = json.loads((out / "synthetic.json").read_text())
+    expected = {"identities": 3, "images_per_identity": 2, "pairs": 4, "heldout_identities": 2, "seed": 3,
+                "difficulty": 1.0, "quality": 80}  # fmt: skip
+    assert {k: recorded[k] for k in expected} == expected
+    # the data source takes the recorded arguments when none are given ...
+    dm = FaceDataModule(source="synthetic", root=str(out), num_workers=0)
+    assert dm.num_classes == 3 and len(dm.dataset) == 6 and dm.synthetic_config.quality == 80
+    # ... also through the training config, with the data.synthetic settings dropped
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"data.root={out}", "data.synthetic=null"])
+    assert instantiate(cfg.data).num_classes == 3
+
+
+def test_synth_refuses_a_folder_with_other_files(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "me.jpg").write_bytes(b"\xff\xd8")
+    assert main(["synth", str(folder), "--identities", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder} is not empty and holds no generated synthetic benchmark")
+    assert "it contains me.jpg." in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in folder.iterdir()] == ["me.jpg"]

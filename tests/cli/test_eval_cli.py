@@ -36,7 +36,11 @@ def test_state_dict_on_data_root_with_missing_sets(setup, tmp_path, capsys):
     root, data, model = setup
     out = tmp_path / "out"
     argv = [str(root / "backbone.pth"), *BACKBONE_ARGS, "--data-root", str(data), "--batch-size", "16"]
-    with pytest.raises(SystemExit, match=r"lacks cplfw.bin, agedb_30.bin, calfw.bin .*--allow-missing"):
+    argv += ["--sets", "lfw,cfp_fp,cplfw,agedb_30,calfw"]
+    with pytest.raises(
+        SystemExit,
+        match=r"lacks cplfw.bin, agedb_30.bin, calfw.bin \(its sets: lfw, cfp_fp; .*--allow-missing",
+    ):
         main(argv)
     assert main([*argv, "--allow-missing", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -104,7 +108,7 @@ def test_ijb_through_the_cli(setup, tmp_path):
 
 def test_bad_arguments_are_reported(setup, tmp_path):
     root, data, _ = setup
-    with pytest.raises(SystemExit, match="pass --backbone NAME"):
+    with pytest.raises(SystemExit, match=r"does not record which backbone it holds: give --backbone \(and"):
         main([str(root / "backbone.pth"), "--bins", str(data / "lfw.bin")])
     with pytest.raises(SystemExit, match="does not exist"):
         main([str(tmp_path / "nope.pth"), "--bins", str(data / "lfw.bin")])
@@ -113,5 +117,117 @@ def test_bad_arguments_are_reported(setup, tmp_path):
     with pytest.raises(SystemExit, match="missing.bin does not exist"):
         main([str(root / "backbone.pth"), *BACKBONE_ARGS, "--bins", str(tmp_path / "missing.bin")])
     torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "bare.ckpt")
-    with pytest.raises(SystemExit, match="records no 'student' backbone"):
+    with pytest.raises(SystemExit, match="record no 'student' backbone.*give --backbone"):
         main([str(tmp_path / "bare.ckpt"), "--bins", str(data / "lfw.bin")])
+
+
+# ------------------------------------------------------------- recorded backbones, discovered sets
+@pytest.fixture(scope="module")
+def ekd_checkpoint(setup, tmp_path_factory):
+    """A real RecognitionModule checkpoint holding the setup's weights (its hparams record the network)."""
+    import pytorch_lightning as pl
+
+    from ekd.lit import RecognitionModule
+
+    _, _, model = setup
+    module = RecognitionModule(
+        {"name": "iresnet18", "kwargs": {"base_width": 2}, "embedding_size": 8}, num_classes=3
+    )
+    module.student.load_state_dict(model.state_dict())
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.strategy.connect(module)
+    path = tmp_path_factory.mktemp("eval_ckpt") / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _fold_accuracies(argv: list[str], out) -> dict[str, list[float]]:
+    assert main([*argv, "--output", str(out)]) == 0
+    metrics = json.loads((out / "eval_results.json").read_text())["metrics"]
+    return {name: record["fold_accuracies"] for name, record in metrics.items()}
+
+
+def test_checkpoint_without_flags_equals_with_flags(setup, ekd_checkpoint, tmp_path):
+    root, data, model = setup
+    bins = ["--bins", str(data / "lfw.bin"), str(data / "cfp_fp.bin")]
+    without = _fold_accuracies([str(ekd_checkpoint), *bins], tmp_path / "a")
+    with_flags = _fold_accuracies([str(ekd_checkpoint), *BACKBONE_ARGS, *bins], tmp_path / "b")
+    assert without == with_flags
+    # and both are the accuracy of the network itself
+    for name in ("lfw", "cfp_fp"):
+        images, issame = load_bin(data / f"{name}.bin")
+        expected = verify(extract_embeddings(model, images).embeddings, issame)
+        assert without[name] == pytest.approx(list(expected.fold_accuracies), abs=1e-12)
+
+
+def test_backbone_pth_with_its_record_needs_no_flags(setup, tmp_path):
+    from ekd.models import write_backbone_record
+
+    root, data, _ = setup
+    pth = tmp_path / "backbone.pth"
+    pth.write_bytes((root / "backbone.pth").read_bytes())
+    write_backbone_record(pth, "iresnet18", 8, {"base_width": 2})
+    bins = ["--bins", str(data / "lfw.bin")]
+    assert _fold_accuracies([str(pth), *bins], tmp_path / "a") == _fold_accuracies(
+        [str(root / "backbone.pth"), *BACKBONE_ARGS, *bins], tmp_path / "b"
+    )
+
+
+def test_a_flag_contradicting_the_checkpoint_is_refused(setup, ekd_checkpoint):
+    _, data, _ = setup
+    bins = ["--bins", str(data / "lfw.bin")]
+    for flags, message in (
+        (
+            ["--backbone", "iresnet34"],
+            r"--backbone 'iresnet34' contradicts 'iresnet18' recorded in .*last\.ckpt",
+        ),
+        (["--embedding-size", "512"], r"--embedding-size 512 contradicts 8 recorded in"),
+        (
+            ["--backbone-kwargs", '{"base_width": 64}'],
+            r"--backbone-kwargs base_width=64 contradicts base_width=2",
+        ),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            main([str(ekd_checkpoint), *flags, *bins])
+
+
+def test_data_root_evaluates_every_bin_there_in_the_paper_order(setup, ekd_checkpoint, tmp_path):
+    from ekd.cli.eval import discover_sets
+
+    _, data, _ = setup
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    lfw = (data / "lfw.bin").read_bytes()
+    for name in ("zz_custom", "calfw", "a_custom", "lfw", "vgg2_fp", "agedb_30"):
+        (folder / f"{name}.bin").write_bytes(lfw)
+    (folder / "notes.txt").write_text("not a set\n")
+    (folder / "images").mkdir()
+    order = ["lfw", "agedb_30", "calfw", "vgg2_fp", "a_custom", "zz_custom"]
+    assert discover_sets(folder) == order
+    out = tmp_path / "out"
+    assert main([str(ekd_checkpoint), "--data-root", str(folder), "--output", str(out)]) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert list(results["metrics"]) == order and results["missing"] == []
+    # every set holds the same pairs: the same accuracy
+    assert len({record["accuracy"] for record in results["metrics"].values()}) == 1
+
+
+def test_a_data_root_without_sets_lists_what_it_holds(ekd_checkpoint, tmp_path):
+    (tmp_path / "train.rec").write_bytes(b"")
+    (tmp_path / "meta").mkdir()
+    with pytest.raises(
+        SystemExit, match=r"holds no verification sets \(\*\.bin files\); it holds meta/, train\.rec"
+    ):
+        main([str(ekd_checkpoint), "--data-root", str(tmp_path)])
+    empty = tmp_path / "meta"
+    with pytest.raises(SystemExit, match=r"it holds nothing \(it is empty\)"):
+        main([str(ekd_checkpoint), "--data-root", str(empty)])
+
+
+def test_help_shows_an_example():
+    from ekd.cli.eval import build_parser
+
+    help_text = build_parser().format_help()
+    assert "examples:" in help_text and "ekd-eval runs/ekd/checkpoints/last.ckpt --data-root" in help_text

@@ -1,14 +1,16 @@
-"""Smoke tests of ekd-info and ekd-export through their ``main(argv)``."""
+"""Smoke tests of ekd-info and ekd-export through their ``main(argv)`` (and the --help of ekd-toy)."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
 from ekd.cli import export as export_cli
 from ekd.cli import info as info_cli
-from ekd.models import create_backbone, list_backbones
+from ekd.cli import toy as toy_cli
+from ekd.models import create_backbone, list_backbones, write_backbone_record
 
 TINY = ["--option", "base_width=8", "--option", "input_size=[32,32]", "--embedding-size", "16"]
 
@@ -103,3 +105,117 @@ def test_export_errors_exit_with_a_message(tmp_path, capsys) -> None:
             ]
         )
     assert "shape mismatches" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ export of recorded backbones
+STUDENT_SECTION = {
+    "name": "iresnet18",
+    "embedding_size": 16,
+    "kwargs": {"base_width": 8, "input_size": [32, 32]},
+}
+
+
+@pytest.fixture(scope="module")
+def ekd_checkpoint(tmp_path_factory):
+    """(path, student) of a real RecognitionModule checkpoint: the architecture is in its hparams."""
+    import pytorch_lightning as pl
+
+    from ekd.lit import RecognitionModule
+
+    torch.manual_seed(11)
+    module = RecognitionModule(STUDENT_SECTION, num_classes=3)
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.strategy.connect(module)
+    path = tmp_path_factory.mktemp("export") / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path, module.student.eval()
+
+
+def _onnx_embedding(path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["embedding"], {"data": images})[0]
+
+
+def _images(count: int = 3) -> np.ndarray:
+    return np.random.default_rng(4).uniform(-1, 1, (count, 3, 32, 32)).astype(np.float32)
+
+
+def test_export_needs_no_architecture_flags_for_an_ekd_checkpoint(ekd_checkpoint, tmp_path, capsys) -> None:
+    path, student = ekd_checkpoint
+    assert export_cli.main(["--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert "iresnet18, 16-d embedding" in err and "hyper_parameters['student']" in err
+    images = _images()
+    with torch.no_grad():
+        expected = student(torch.from_numpy(images)).numpy()
+    actual = _onnx_embedding(tmp_path / "m.onnx", images)
+    assert actual.shape == (3, 16)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+    # explicit flags that agree with the record give the same network
+    argv = ["--checkpoint", str(path), "--output", str(tmp_path / "f.onnx"), "--backbone", "iresnet18", *TINY]
+    assert export_cli.main(argv) == 0
+    np.testing.assert_allclose(_onnx_embedding(tmp_path / "f.onnx", images), actual, rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_backbone_pth_with_its_record(ekd_checkpoint, tmp_path) -> None:
+    _, student = ekd_checkpoint
+    torch.save(student.state_dict(), tmp_path / "backbone.pth")
+    argv = ["--checkpoint", str(tmp_path / "backbone.pth"), "--output", str(tmp_path / "m.onnx")]
+    with pytest.raises(SystemExit) as info:  # an insightface-style file: --backbone is needed
+        export_cli.main(argv)
+    assert info.value.code == 1
+    write_backbone_record(
+        tmp_path / "backbone.pth", "iresnet18", 16, {"base_width": 8, "input_size": (32, 32)}
+    )
+    assert export_cli.main(argv) == 0
+    images = _images(2)
+    with torch.no_grad():
+        expected = student(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(_onnx_embedding(tmp_path / "m.onnx", images), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_refuses_a_flag_that_contradicts_the_record(ekd_checkpoint, tmp_path, capsys) -> None:
+    path, _ = ekd_checkpoint
+    base = ["--checkpoint", str(path), "--output", str(tmp_path / "x.onnx")]
+    for flags, message in (
+        (["--backbone", "mbf"], "--backbone 'mbf' contradicts 'iresnet18' recorded in"),
+        (["--embedding-size", "512"], "--embedding-size 512 contradicts 16 recorded in"),
+        (["--option", "base_width=64"], "--option base_width=64 contradicts base_width=8 recorded in"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            export_cli.main([*base, *flags])
+        assert info.value.code == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_insightface_state_dict_without_backbone_is_a_clear_error(tmp_path, capsys) -> None:
+    torch.save(create_backbone("iresnet18", embedding_size=16, base_width=8).state_dict(), tmp_path / "b.pth")
+    with pytest.raises(SystemExit) as info:
+        export_cli.main(["--checkpoint", str(tmp_path / "b.pth"), "--output", str(tmp_path / "o.onnx")])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "does not record which backbone it holds" in err and "give --backbone" in err
+    with pytest.raises(SystemExit) as info:
+        export_cli.main(["--output", str(tmp_path / "o.onnx")])
+    assert info.value.code == 2 and "give --checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("main", "example"),
+    [
+        (export_cli.main, "ekd-export --checkpoint runs/ekd/checkpoints/last.ckpt --output"),
+        (info_cli.main, "ekd-info --backbone mobilefacenet"),
+        (toy_cli.main, "ekd-toy --output toy.png"),
+    ],
+)
+def test_help_shows_an_example(main, example, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and example in out

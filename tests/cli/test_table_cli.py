@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from ekd.cli.table import main
-from ekd.report import RunResults, write_results
+from ekd.report import RunResults, failure_record, write_results
 
 # label / order / paper row as ekd-train records them from the method files (conf/distill)
 ROWS = {"none": ("no KD", 10.0, "MobileFaceNet (no KD)"), "rkd": ("RKD", 70.0, "RKD")}
@@ -55,6 +55,44 @@ def test_table_from_two_sweep_dirs(tmp_path, capsys):
     assert float(avg["delta"]) == pytest.approx(97.70 - 97.30, abs=1e-9)
 
 
+def test_failed_runs_are_counted_and_listed(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    _write(sweep / "0", "none", 0, 0.9940, 0.9500)
+    _write(sweep / "1", "none", 1, 0.9960, 0.9520)
+    for folder, method, seed, step in (("2", "none", 2, 40), ("3", "rkd", 0, 7)):
+        label, order, paper_row = ROWS[method]
+        error = RuntimeError(f"non-finite loss at global step {step}")
+        record = failure_record(
+            error, step=step, method=method, label=label, order=order, paper_row=paper_row,
+            dataset="ms1mv2", student="mobilefacenet", student_label="MobileFaceNet", seed=seed,
+        )  # fmt: skip
+        write_results(sweep / folder, record)
+    out = tmp_path / "table"
+    assert main([str(sweep), "--out", str(out), "--formats", "md,csv"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    # no KD from seeds 0 and 1 only: run averages 97.20 and 97.40 -> 97.30 +- sqrt(2 * 0.1^2) = 0.14
+    assert (
+        "| MobileFaceNet (no KD) | 2 (+1 failed) | 99.50 ± 0.14 [99.52] | 95.10 ± 0.14 [95.82] | "
+        "97.30 ± 0.14 | +0.00 |"
+    ) in printed
+    rkd = next(line for line in printed if line.startswith("| RKD |"))
+    assert rkd.startswith("| RKD | 0 (+1 failed) | — [99.58] | — [96.18] | — |")  # the row, without values
+    folder = sweep.resolve()
+    assert printed[printed.index("Failed runs (2, no values in the table):") + 1 :][:2] == [
+        f"- MobileFaceNet (no KD), seed 2: {folder}/2 -- RuntimeError at step 40: "
+        "non-finite loss at global step 40",
+        f"- RKD, seed 0: {folder}/3 -- RuntimeError at step 7: non-finite loss at global step 7",
+    ]
+    assert "Failed runs (2" in (out / "comparison.md").read_text()
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [(r["method"], r["column"], r["n"], r["failed"]) for r in rows] == [
+        ("none", "LFW", "2", "1"),
+        ("none", "AgeDB", "2", "1"),
+        ("none", "Avg", "2", "1"),
+        ("rkd", "", "0", "1"),
+    ]
+
+
 def test_table_errors_are_reported(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no results.json found" in capsys.readouterr().err
@@ -71,3 +109,11 @@ def test_table_logged_to_an_offline_wandb_run(tmp_path, monkeypatch, capsys):
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert f"wandb sync {runs[0]}" in capsys.readouterr().out
+
+
+def test_help_shows_an_example(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "ekd-table multirun/sweep-a multirun/sweep-b --out tables/" in out

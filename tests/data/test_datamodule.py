@@ -96,8 +96,97 @@ def test_existing_data_with_other_arguments_is_refused(synth_root):
     dm = FaceDataModule(
         source="synthetic", root=str(synth_root), synthetic={**SYNTH, "seed": 2}, num_workers=0
     )
-    with pytest.raises(DataError, match=r"synthetic\.json: .*other arguments.*'seed': \(1, 2\)"):
+    with pytest.raises(DataError) as err:
         dm.prepare_data()
+    message = str(err.value)
+    assert message.startswith(f"{synth_root / 'synthetic.json'}: ")
+    assert "other arguments (seed: 1 recorded, 2 given)" in message
+    # both sets of values, then what to do
+    recorded = "identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=1, difficulty=1.0, "
+    recorded += "quality=92"
+    assert f"Recorded: {recorded}." in message
+    assert "Given: identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=2." in message
+    assert "data.synthetic=null" in message and "choose another root" in message
+    # building the dataset without prepare_data (no Trainer) is refused too, never silently other data
+    with pytest.raises(DataError, match=r"seed: 1 recorded, 2 given"):
+        dm.dataset  # noqa: B018
+
+
+def _snapshot(folder) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+def test_recorded_arguments_are_used_when_none_are_given(synth_root, caplog):
+    before = _snapshot(synth_root)
+    with caplog.at_level("INFO", logger="ekd.data"):
+        dm = FaceDataModule(source="synthetic", root=str(synth_root), num_workers=0)
+        dm.prepare_data()
+        # SYNTH of the fixture: 6 identities x 4 images, seed 1; the defaults would be 200 x 24, seed 0
+        assert dm.num_classes == 6 and len(dm.dataset) == 24
+    assert dm.synthetic_config.identities == 6 and dm.synthetic_config.seed == 1
+    assert dm.synthetic_config.quality == 92  # not in SYNTH: recorded as the default
+    assert _snapshot(synth_root) == before and "generating" not in caplog.text
+    # a config node with every field None (what SyntheticSettings gives) gives no argument either
+    from omegaconf import OmegaConf
+
+    from ekd.data.synthetic import SyntheticSettings
+
+    node = OmegaConf.structured(SyntheticSettings)
+    assert FaceDataModule(source="synthetic", root=str(synth_root), synthetic=node).num_classes == 6
+    # the fields that are given and agree with the recorded ones are accepted
+    node.seed, node.identities = 1, 6
+    assert FaceDataModule(source="synthetic", root=str(synth_root), synthetic=node).num_classes == 6
+    assert FaceDataModule(source="synthetic", root=str(synth_root), synthetic={"seed": 1}).num_classes == 6
+    node.images_per_identity = 5
+    with pytest.raises(DataError, match=r"\(images_per_identity: 4 recorded, 5 given\).*Given: identities=6, "
+                       r"images_per_identity=5, seed=1\. "):  # fmt: skip
+        FaceDataModule(source="synthetic", root=str(synth_root), synthetic=node).prepare_data()
+
+
+def test_generation_into_a_new_folder_says_where_and_with_what(tmp_path, caplog):
+    root = tmp_path / "new" / "synth"
+    tiny = {"identities": 2, "images_per_identity": 2, "pairs": 2, "heldout_identities": 2, "seed": 4}
+    with caplog.at_level("INFO", logger="ekd.data.sources"):
+        dm = FaceDataModule(source="synthetic", root=str(root), synthetic=tiny, num_workers=0)
+        assert not root.exists()  # nothing happens before prepare_data
+        dm.prepare_data()
+    expected = (
+        f"generating the synthetic benchmark into {root} (identities=2, images_per_identity=2, pairs=2, "
+        "heldout_identities=2, seed=4, difficulty=1.0, quality=92)"
+    )
+    assert expected in caplog.text
+    assert dm.num_classes == 2 and len(dm.dataset) == 4
+    import json
+
+    recorded = json.loads((root / "synthetic.json").read_text())
+    assert {k: recorded[k] for k in tiny} == tiny
+    # an empty existing folder is generated into as well
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    FaceDataModule(source="synthetic", root=str(empty), synthetic=tiny).prepare_data()
+    assert (empty / "synthetic.json").is_file()
+
+
+def test_a_folder_with_other_files_is_never_generated_into(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my files")
+    dm = FaceDataModule(source="synthetic", root=str(mine), synthetic=SYNTH, num_workers=0)
+    with pytest.raises(DataError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert f"{mine} is not empty and holds no generated synthetic benchmark" in message
+    assert "it contains notes.txt, photos/." in message and "only into an empty or new folder" in message
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "photos"]  # nothing written
+    with pytest.raises(DataError, match="notes.txt, photos/"):
+        dm.dataset  # noqa: B018
+    # real RecordIO data (or an interrupted generation): train.rec without synthetic.json
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "train.rec").write_bytes(b"")
+    with pytest.raises(DataError, match=r"it contains train\.rec \(train\.rec without synthetic\.json: real "
+                       r"data -- use the data source 'rec'"):  # fmt: skip
+        FaceDataModule(source="synthetic", root=str(real)).prepare_data()
 
 
 def test_rec_and_folder_sources(synth_root, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -100,6 +101,105 @@ def test_identity_ranges_inconsistent_with_labels_fall_back_to_headers(tmp_path)
     (tmp_path / "property").write_text("6,112,112")
     dataset = FaceRecordDataset(tmp_path)
     np.testing.assert_array_equal(dataset.labels, [5, 5])
+
+
+def _write_identity_layout(root, header_labels, ranges, first_identity=None) -> None:
+    """insightface layout with the given image header labels and identity ranges, written record by
+    record with the project's writer (write_face_records always writes consistent ranges)."""
+    images = _images(len(header_labels))
+    first = len(header_labels) + 1 if first_identity is None else first_identity
+    with RecordWriter(root / "train.rec", root / "train.idx") as writer:
+        writer.write(0, pack_payload([first, first + len(ranges)], b""))
+        for key, (image, label) in enumerate(zip(images, header_labels), start=1):
+            writer.write(key, pack_payload(float(label), encode_png(image), id=key))
+        for i, (start, end) in enumerate(ranges):
+            writer.write(first + i, pack_payload([start, end], b"", id=first + i))
+
+
+def _count_header_reads(monkeypatch) -> list[int]:
+    from ekd.data.recordio import RecordReader
+
+    seen: list[int] = []
+    original = RecordReader.read_header
+
+    def counting(self, key):
+        seen.append(int(key))
+        return original(self, key)
+
+    monkeypatch.setattr(RecordReader, "read_header", counting)
+    return seen
+
+
+def test_good_identity_ranges_give_the_labels_cheaply(tmp_path, caplog, monkeypatch):
+    written = [0, 0, 0, 1, 2, 2]
+    _write_identity_layout(tmp_path, written, [(1, 4), (4, 5), (5, 7)])
+    reads = _count_header_reads(monkeypatch)
+    with caplog.at_level("INFO", logger="ekd.data.datasets"):
+        dataset = FaceRecordDataset(tmp_path, flip=False)
+    assert dataset.labels.tolist() == written and dataset.keys.tolist() == [1, 2, 3, 4, 5, 6]
+    # 3 identity records + first and last image of each identity (keys 1, 3 | 4 | 5, 6): not all images
+    assert sorted(reads) == [1, 3, 4, 5, 6, 7, 8, 9]
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("written", "ranges", "why"),
+    [
+        # (b) identity 1's range [2, 5) overlaps identity 0's [1, 3)
+        ([0, 0, 1, 1, 2], [(1, 3), (2, 5), (5, 6)], r"overlapping ranges: identity record 7 has \[2, 5\)"),
+        # (c) the ranges of identities 0 and 1 are swapped
+        (
+            [0, 0, 1, 1, 2],
+            [(3, 5), (1, 3), (5, 6)],
+            r"unsorted ranges: identity record 7 has \[1, 3\) after \[3, 5\) of record 6",
+        ),
+        # (d) a partition of the images, but record 4 says 2 where the range says identity 1 (the last
+        # image of its range: checking only the first image of each identity would miss it)
+        (
+            [0, 0, 1, 2, 2],
+            [(1, 3), (3, 5), (5, 6)],
+            r"image record 4 has header label 2 but lies in the range",
+        ),
+        # (d) the headers number the identities differently from the identity records
+        ([1, 1, 0, 0, 2], [(1, 3), (3, 5), (5, 6)], r"image record 1 has header label 1 .* identity 0"),
+        # a gap: image 3 belongs to no identity
+        ([0, 0, 1, 1, 1], [(1, 3), (4, 6)], r"image records 3\.\.3 belong to no identity"),
+        # ranges end before the last image
+        ([0, 0, 1, 1, 1], [(1, 3), (3, 5)], r"the identity ranges end at 5, the image records at 6"),
+        # no identity records at all
+        ([3, 3, 0, 1, 2], [], r"record 0 announces no identity records"),
+    ],
+)
+def test_identity_ranges_that_do_not_determine_the_labels_read_every_header(
+    tmp_path, caplog, written, ranges, why
+):
+    _write_identity_layout(tmp_path, written, ranges)
+    with caplog.at_level("WARNING", logger="ekd.data.datasets"):
+        dataset = FaceRecordDataset(tmp_path, flip=False)
+    assert dataset.labels.tolist() == written and dataset.keys.tolist() == [1, 2, 3, 4, 5]
+    assert [dataset[i][1] for i in range(5)] == written
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and "do not determine the labels" in message
+    assert re.search(why, message), message
+    assert re.search(r"read the labels of all 5 image record headers instead \(\d+\.\d s\)", message)
+
+
+def test_non_integer_header_label_names_file_and_record(tmp_path):
+    # in a checked position of the identity ranges (the first image of identity 1)
+    _write_identity_layout(tmp_path, [0, 0, 1.5, 1], [(1, 3), (3, 5)])
+    with pytest.raises(DataError, match=r"train\.rec record 3: header label 1\.5 is not an integer class"):
+        FaceRecordDataset(tmp_path)
+    # read with every header (im2rec layout: no header record)
+    other = tmp_path / "im2rec"
+    other.mkdir()
+    with RecordWriter(other / "train.rec", other / "train.idx") as writer:
+        for key, label in enumerate([0.0, float("nan"), 2.25]):
+            writer.write(key, pack_payload(label, b"", id=key))
+    with pytest.raises(
+        DataError, match=r"im2rec/train\.rec record 1: header label nan .*\(2 records have such"
+    ):
+        FaceRecordDataset(other)
 
 
 def test_label_out_of_range_names_record(insightface_root):

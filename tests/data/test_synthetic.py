@@ -142,3 +142,60 @@ def test_negative_pairs_are_look_alikes():
     # fraction 0.4 of 5 -> 2 neighbours each, by squared colour distance (by hand).
     neighbours = similar_identities(pool, fraction=0.4)
     assert neighbours.tolist() == [[1, 3], [0, 3], [4, 3], [0, 1], [2, 3]]
+
+
+def test_settings_mirror_the_config_and_none_means_not_given():
+    from dataclasses import fields
+
+    from ekd.data.synthetic import SyntheticSettings, as_synthetic_config, given_synthetic_fields
+
+    assert [f.name for f in fields(SyntheticSettings)] == [f.name for f in fields(SyntheticConfig)]
+    assert all(getattr(SyntheticSettings(), f.name) is None for f in fields(SyntheticSettings))
+    given = {"identities": 7, "seed": None, "difficulty": 0.5}
+    assert given_synthetic_fields(given) == ("identities", "difficulty")
+    assert given_synthetic_fields(None) == ()
+    assert len(given_synthetic_fields(SyntheticConfig())) == 7
+    # not given -> the documented defaults (200 identities x 24 images, seed 0, ...)
+    assert as_synthetic_config(given) == SyntheticConfig(
+        identities=7,
+        images_per_identity=24,
+        pairs=600,
+        heldout_identities=100,
+        seed=0,
+        difficulty=0.5,
+        quality=92,
+    )
+
+
+def test_write_synthetic_only_into_an_empty_folder_or_over_a_benchmark(tmp_path):
+    from ekd.data.synthetic import read_synthetic_metadata
+
+    tiny = SyntheticConfig(identities=2, images_per_identity=2, pairs=2, heldout_identities=2, seed=1)
+    out = tmp_path / "bench"
+    write_synthetic(out, tiny)
+    config, meta = read_synthetic_metadata(out)
+    assert config == tiny and meta["verification_sets"] == ["frontal", "pose", "age"]
+    # over an earlier benchmark: regenerated with the new arguments
+    write_synthetic(out, SyntheticConfig(identities=3, images_per_identity=2, pairs=2, heldout_identities=2))
+    assert read_synthetic_metadata(out)[0].identities == 3
+    assert FaceRecordDataset(out).labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # a folder with other files: refused, untouched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    with pytest.raises(DataError, match=r"other is not empty and holds no generated synthetic benchmark .*"
+                       r"it contains a\.txt\. "):  # fmt: skip
+        write_synthetic(other, tiny)
+    assert [p.name for p in other.iterdir()] == ["a.txt"]
+    assert read_synthetic_metadata(other) is None
+    # a broken record of the arguments names the file
+    (out / "synthetic.json").write_text("{not json")
+    with pytest.raises(
+        DataError, match=r"bench/synthetic\.json: cannot read the recorded generator arguments"
+    ):
+        read_synthetic_metadata(out)
+    (out / "synthetic.json").write_text('{"identities": 3}')
+    with pytest.raises(
+        DataError, match=r"synthetic\.json: the recorded generator arguments lack images_per_identity"
+    ):
+        read_synthetic_metadata(out)

@@ -315,6 +315,109 @@ def test_cli_build_info_and_errors(setup, tmp_path, capsys):
     assert "expected a JSON object" in capsys.readouterr().err
 
 
+def _lightning_teacher(setup, directory: Path, distilled: bool) -> Path:
+    """A real ekd checkpoint whose *student* is the setup's teacher: a RecognitionModule run, or a
+    DistillationModule run (its own teacher, an mbf, must not be taken for the cache's teacher)."""
+    import pytorch_lightning as pl
+
+    from ekd.lit import DistillationModule, RecognitionModule
+
+    student = {"name": TEACHER, "embedding_size": 16, "kwargs": {"base_width": 8}}
+    if distilled:
+        torch.manual_seed(9)
+        own_teacher = create_backbone("mbf", embedding_size=16, width_mult=0.25)
+        torch.save(own_teacher.state_dict(), directory / "mbf.pth")
+        section = {"name": "mbf", "embedding_size": 16, "kwargs": {"width_mult": 0.25}}
+        module = DistillationModule(
+            student,
+            num_classes=4,
+            teacher={**section, "checkpoint": str(directory / "mbf.pth")},
+            distill={"objectives": {"mimic": {}}},
+        )
+    else:
+        module = RecognitionModule(student, num_classes=4)
+    module.student.load_state_dict(setup["teacher"].state_dict())
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(directory / "last.ckpt")
+    return directory / "last.ckpt"
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["recognition_ckpt", "distillation_ckpt"])
+def test_cli_build_from_an_ekd_checkpoint_needs_no_teacher_flags(setup, tmp_path, capsys, distilled):
+    checkpoint = _lightning_teacher(setup, tmp_path, distilled)
+    common = ["--data", str(setup["data"]), "--num-workers", "0", "--batch-size", "5", "--device", "cpu"]
+    bare = ["build", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "bare"), *common]
+    assert cache_main(bare) == 0
+    assert f"teacher: {TEACHER}, 16-d (recorded in {checkpoint} hyper_parameters['student'])" in (
+        capsys.readouterr().err
+    )
+    flagged = ["build", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "flagged"), *common]
+    flagged += ["--teacher", TEACHER, "--teacher-kwargs", json.dumps(TEACHER_KW)]
+    assert cache_main(flagged) == 0
+
+    bare_cache, flagged_cache = (
+        TeacherEmbeddingCache(tmp_path / "bare"),
+        TeacherEmbeddingCache(tmp_path / "flagged"),
+    )
+    everything = torch.arange(len(LABELS))
+    for flipped in (everything % 2 == 0, everything % 2 == 1):
+        assert torch.equal(bare_cache.lookup(everything, flipped), flagged_cache.lookup(everything, flipped))
+    # the student the checkpoint holds is the setup's teacher: the reference cache built from that model
+    torch.testing.assert_close(
+        bare_cache.lookup(everything, everything % 2 == 0),
+        TeacherEmbeddingCache(setup["cache"]).lookup(everything, everything % 2 == 0),
+        rtol=2e-3,
+        atol=1e-4,
+    )
+    teacher = json.loads((tmp_path / "bare" / INDEX_FILE).read_text())["teacher"]
+    assert (teacher["name"], teacher["embedding_size"]) == (TEACHER, 16)
+    assert teacher["kwargs"] == {"embedding_size": 16, "base_width": 8}
+    assert teacher["sha256"] == file_sha256(checkpoint)
+
+
+def test_cli_build_refuses_contradicting_or_missing_teacher_flags(setup, tmp_path, capsys):
+    checkpoint = _lightning_teacher(setup, tmp_path, distilled=False)
+    common = [
+        "--data",
+        str(setup["data"]),
+        "--output",
+        str(tmp_path / "c"),
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    assert cache_main(["build", "--checkpoint", str(checkpoint), "--teacher", "mbf", *common]) == 2
+    assert f"--teacher 'mbf' contradicts '{TEACHER}' recorded in {checkpoint}" in capsys.readouterr().err
+    kwargs = ["--teacher-kwargs", '{"embedding_size": 32}']
+    assert cache_main(["build", "--checkpoint", str(checkpoint), *kwargs, *common]) == 2
+    assert "--teacher-kwargs embedding_size 32 contradicts 16 recorded in" in capsys.readouterr().err
+    # an insightface-style teacher file records nothing: --teacher is required
+    assert cache_main(["build", "--checkpoint", str(setup["checkpoint"]), *common]) == 2
+    err = capsys.readouterr().err
+    assert "does not record which backbone it holds" in err and "give --teacher" in err
+    assert not (tmp_path / "c" / INDEX_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "example"),
+    [
+        (["--help"], "ekd-cache info cache/r50"),
+        (["build", "--help"], "ekd-cache build --checkpoint runs/teacher/checkpoints/last.ckpt --data"),
+        (["info", "--help"], "ekd-cache info cache/r50 --json"),
+    ],
+)
+def test_cli_help_shows_an_example(argv, example, capsys):
+    with pytest.raises(SystemExit) as info:
+        cache_main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and example in out
+
+
 # ------------------------------------------------------------------------------ DistillationModule hook
 def _module(setup, objectives, **kwargs):
     from ekd.lit.distillation import DistillationModule

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ekd.models import CheckpointError, CheckpointMismatchError, create_backbone, file_sha256, load_backbone
+from ekd.models import (
+    BackboneConflictError,
+    BackboneRecordError,
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_backbone,
+    create_backbone,
+    file_sha256,
+    load_backbone,
+    load_recorded_backbone,
+    write_backbone_record,
+)
 from ekd.models.loading import read_state_dict
 
 TINY = dict(embedding_size=16, base_width=8, input_size=(32, 32))
@@ -192,3 +206,192 @@ def test_file_sha256(tmp_path) -> None:
     assert file_sha256(tmp_path / "big", chunk_size=4096) == expected
     with pytest.raises(FileNotFoundError, match="missing.bin"):
         file_sha256(tmp_path / "missing.bin")
+
+
+# ------------------------------------------------------------------------- recorded backbones
+TINY_SECTION = {
+    "name": "iresnet18",
+    "embedding_size": 16,
+    "kwargs": {"base_width": 8, "input_size": [32, 32]},
+}
+MBF_SECTION = {"name": "mbf", "embedding_size": 8, "kwargs": {"width_mult": 0.25, "input_size": [32, 32]}}
+
+
+def _save_module(module, path) -> None:
+    """A real Lightning checkpoint of ``module`` (hyper-parameters, ``ekd`` metadata, state dict)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def recognition_checkpoint(tmp_path_factory):
+    """(path, trained student) of a RecognitionModule checkpoint whose student is TINY_SECTION."""
+    from ekd.lit import RecognitionModule
+
+    torch.manual_seed(5)
+    module = RecognitionModule(TINY_SECTION, num_classes=3)
+    path = tmp_path_factory.mktemp("recorded") / "last.ckpt"
+    _save_module(module, path)
+    return path, module.student.eval()
+
+
+@pytest.fixture(scope="module")
+def distillation_checkpoint(tmp_path_factory):
+    """(path, student, teacher) of a DistillationModule checkpoint (mbf teacher kept in the checkpoint)."""
+    from ekd.lit import DistillationModule
+
+    directory = tmp_path_factory.mktemp("distilled")
+    torch.manual_seed(6)
+    teacher = create_backbone("mbf", embedding_size=8, width_mult=0.25, input_size=(32, 32)).eval()
+    torch.save(teacher.state_dict(), directory / "teacher.pth")
+    module = DistillationModule(
+        TINY_SECTION,
+        num_classes=3,
+        teacher={**MBF_SECTION, "checkpoint": str(directory / "teacher.pth")},
+        distill={"objectives": {"rkd": {}}, "save_teacher": True},
+    )
+    _save_module(module, directory / "last.ckpt")
+    return directory / "last.ckpt", module.student.eval(), teacher
+
+
+def test_lightning_checkpoint_records_its_student(recognition_checkpoint) -> None:
+    path, student = recognition_checkpoint
+    spec = checkpoint_backbone(path)
+    assert (spec.name, spec.embedding_size, spec.kwargs) == (
+        "iresnet18",
+        16,
+        {"base_width": 8, "input_size": [32, 32]},
+    )
+    assert spec.source == f"{path} hyper_parameters['student']"
+    loaded = load_backbone(None, path)  # no name, size or options: all from the record
+    assert loaded.embedding_size == 16 and len(loaded.layer1) == 2 and loaded.conv1.out_channels == 8
+    torch.testing.assert_close(_embedding(loaded), _embedding(student), rtol=0, atol=0)
+    model, used = load_recorded_backbone(path)
+    assert used == spec
+    torch.testing.assert_close(_embedding(model), _embedding(student), rtol=0, atol=0)
+
+
+def test_distillation_checkpoint_records_student_and_teacher(distillation_checkpoint) -> None:
+    path, student, teacher = distillation_checkpoint
+    assert checkpoint_backbone(path).name == "iresnet18"
+    spec = checkpoint_backbone(path, prefix="teacher.")
+    assert (spec.name, spec.embedding_size, spec.kwargs) == (
+        "mbf",
+        8,
+        {"width_mult": 0.25, "input_size": [32, 32]},
+    )
+    torch.testing.assert_close(_embedding(load_backbone(None, path)), _embedding(student), rtol=0, atol=0)
+    loaded_teacher = load_backbone(None, path, prefix="teacher")
+    assert loaded_teacher.embedding_size == 8
+    torch.testing.assert_close(_embedding(loaded_teacher), _embedding(teacher), rtol=0, atol=0)
+
+
+def test_flags_that_agree_with_the_record_are_accepted(recognition_checkpoint) -> None:
+    path, student = recognition_checkpoint
+    # tuple vs the recorded list, an option the record lacks (dropout: no weights), an alias of the name
+    from ekd.models.registry import BACKBONES
+
+    with BACKBONES.registered("my_iresnet18", BACKBONES.get("iresnet18")):
+        model, spec = load_recorded_backbone(
+            path, name="my_iresnet18", embedding_size=16, kwargs={"input_size": (32, 32), "dropout": 0.0}
+        )
+    assert spec.kwargs == {"base_width": 8, "input_size": (32, 32), "dropout": 0.0}
+    torch.testing.assert_close(_embedding(model), _embedding(student), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "given", "recorded"),
+    [
+        ({"name": "mbf"}, "'mbf'", "'iresnet18'"),
+        ({"embedding_size": 32}, "embedding_size 32", "16"),
+        ({"kwargs": {"base_width": 16}}, "option base_width=16", "base_width=8"),
+        ({"kwargs": {"embedding_size": 512}}, "embedding_size 512", "16"),
+    ],
+)
+def test_a_contradiction_with_the_record_names_both_values(
+    recognition_checkpoint, arguments, given, recorded
+):
+    path, _ = recognition_checkpoint
+    with pytest.raises(BackboneConflictError) as info:
+        load_recorded_backbone(path, **arguments)
+    message = str(info.value)
+    assert f"{given} contradicts {recorded} recorded in {path} hyper_parameters['student']" in message
+    assert isinstance(info.value, CheckpointError)
+
+
+def test_flag_names_appear_in_the_messages(recognition_checkpoint, tmp_path, source) -> None:
+    path, _ = recognition_checkpoint
+    flags = {"name": "--backbone", "embedding_size": "--embedding-size", "kwargs": "--option"}
+    with pytest.raises(BackboneConflictError, match=r"^--option base_width=4 contradicts base_width=8"):
+        load_recorded_backbone(path, kwargs={"base_width": 4}, argument_names=flags)
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    with pytest.raises(BackboneRecordError) as info:
+        load_recorded_backbone(tmp_path / "backbone.pth", argument_names=flags)
+    assert "no backbone record backbone.json beside it" in str(info.value)
+    assert "give --backbone (and --embedding-size / --option unless the defaults)" in str(info.value)
+
+
+def test_backbone_pth_with_its_record(tmp_path, source) -> None:
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    assert checkpoint_backbone(tmp_path / "backbone.pth") is None  # an insightface file records nothing
+    record = write_backbone_record(
+        tmp_path / "backbone.pth", "iresnet18", 16, {"base_width": 8, "input_size": (32, 32)}
+    )
+    assert record == tmp_path / "backbone.json"
+    assert json.loads(record.read_text()) == {
+        "format": "ekd-backbone/1",
+        "name": "iresnet18",
+        "embedding_size": 16,
+        "kwargs": {"base_width": 8, "input_size": [32, 32]},
+    }
+    spec = checkpoint_backbone(tmp_path / "backbone.pth")
+    assert (spec.name, spec.embedding_size, spec.kwargs, spec.source) == (
+        "iresnet18",
+        16,
+        {"base_width": 8, "input_size": [32, 32]},
+        str(record),
+    )
+    torch.testing.assert_close(
+        _embedding(load_backbone(None, tmp_path / "backbone.pth")), _embedding(source), rtol=0, atol=0
+    )
+    with pytest.raises(
+        BackboneConflictError, match=r"embedding_size 512 contradicts 16 recorded in .*backbone\.json"
+    ):
+        load_backbone("iresnet18", tmp_path / "backbone.pth", embedding_size=512)
+
+
+def test_malformed_records_are_refused(tmp_path, source) -> None:
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    record = tmp_path / "backbone.json"
+    cases = [
+        ("{not json", "is not readable JSON"),
+        ("[1, 2]", "holds a list, not a JSON object"),
+        ('{"format": "ekd-backbone/9", "name": "mbf"}', "has format 'ekd-backbone/9'"),
+        ('{"embedding_size": 16}', "names no backbone"),
+        ('{"name": "mbf", "embedding_size": "16"}', "embedding_size must be a positive int, got '16'"),
+        ('{"name": "mbf", "kwargs": [1]}', "kwargs must be a mapping"),
+    ]
+    for text, expected in cases:
+        record.write_text(text)
+        with pytest.raises(BackboneRecordError, match=re.escape(expected)):
+            checkpoint_backbone(tmp_path / "backbone.pth")
+    with pytest.raises(ValueError, match="positive int"):
+        write_backbone_record(tmp_path / "backbone.pth", "mbf", 0)
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        write_backbone_record(tmp_path / "backbone.pth", "mbf", 8, {"width_mult": object()})
+
+
+def test_lightning_checkpoint_without_the_section(tmp_path, source) -> None:
+    path = tmp_path / "last.ckpt"
+    _lightning_checkpoint(path, source, source)  # hyper_parameters hold only a 'cfg' entry
+    with pytest.raises(BackboneRecordError, match=r"record no 'student' backbone.*give the backbone name"):
+        load_backbone(None, path)
+    with pytest.raises(BackboneRecordError, match=r"record no 'teacher' backbone"):
+        checkpoint_backbone(path, prefix="teacher.")
+    # a name given for a checkpoint that records nothing is all there is: it loads
+    torch.testing.assert_close(_embedding(load_backbone("iresnet18", path, **TINY)), _embedding(source))

@@ -1,17 +1,25 @@
 """Non-finite guard through the real Trainer with checkpointing: the run stops naming the step and the
-term, and the last good checkpoint on disk is intact; in "skip" mode the run goes on with finite weights."""
+term, and the last good checkpoint on disk is intact; in "skip" mode the run goes on with finite weights,
+and a run whose weights diverged for good still finishes: verification (in training and after), the
+throughput measurement and the results file record null metrics instead of raising."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from ekd.data.datamodule import FaceDataModule
+from ekd.eval import evaluate_backbone, evaluate_ijb_sets, measure_throughput
+from ekd.eval.callback import VerificationCallback
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import NonFiniteLossError
+from ekd.report import RunResults, build_tables, load_results, write_results
+from tests.eval.test_ijb import _write_miniature
 from tests.reliability.common import module_options, teacher_file, trainer, write_records
 
 LABELS = [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
@@ -26,7 +34,17 @@ class PoisonBatch(pl.Callback):
             batch.images[0, 0, 0, 0] = math.nan
 
 
-def _fit(tmp_path, nonfinite: str):
+class Diverge(pl.Callback):
+    """Makes every student weight NaN before global step ``BAD_STEP``: the network diverged for good."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == BAD_STEP:
+            with torch.no_grad():
+                for parameter in pl_module.student.parameters():
+                    parameter.fill_(math.nan)
+
+
+def _fit(tmp_path, nonfinite: str, poison: pl.Callback | None = None, callbacks: tuple = ()):
     pl.seed_everything(0, verbose=False)
     data_root = write_records(tmp_path / "data", LABELS)
     module = DistillationModule(
@@ -40,7 +58,9 @@ def _fit(tmp_path, nonfinite: str):
     checkpoints = pl.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=1, save_top_k=-1
     )
-    fit = trainer(max_steps=5, callbacks=[PoisonBatch(), checkpoints], enable_checkpointing=True)
+    fit = trainer(
+        max_steps=5, callbacks=[poison or PoisonBatch(), checkpoints, *callbacks], enable_checkpointing=True
+    )
     return module, fit, data
 
 
@@ -78,3 +98,61 @@ def test_skip_mode_goes_on_with_finite_weights(tmp_path):
     for key in before:
         if key.startswith("student.") and not key.endswith("num_batches_tracked"):
             torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+
+
+def _pairs(num_pairs: int = 20):
+    """A verification set: 2N random uint8 images and alternating same / different labels."""
+    rng = np.random.default_rng(5)
+    images = torch.from_numpy(rng.integers(0, 256, (2 * num_pairs, 3, 112, 112), dtype=np.uint8))
+    return images, [index % 2 == 0 for index in range(num_pairs)]
+
+
+def test_skip_mode_with_diverged_weights_finishes_with_null_metrics(tmp_path):
+    sets = {"pairs": _pairs()}
+    verification = VerificationCallback(sets=sets, every_n_steps=2, every_n_epochs=None, batch_size=8)
+    module, fit, data = _fit(tmp_path, "skip", poison=Diverge(), callbacks=(verification,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit.fit(module, datamodule=data)
+    # steps 3 and 4 ran on NaN weights: skipped, and the run still reached max_steps
+    assert fit.global_step == 5 and module.skipped_steps == 2
+    diverged = [w for w in caught if "trainable weights are non-finite" in str(w.message)]
+    assert len(diverged) == 1 and "global step 3" in str(diverged[0].message)  # said once, not per step
+    # the in-training verification at step 4 (after the divergence) logged NaN instead of raising
+    assert verification.latest == {
+        "step": 4,
+        "epoch": 0,  # 16 images in batches of 4: steps 1-4 are epoch 0
+        "mean_acc": None,
+        "sets": {"pairs": {"accuracy": None, "error": "non-finite embeddings"}},
+    }
+    assert math.isnan(float(fit.callback_metrics["val/pairs/acc"]))
+    assert math.isnan(float(fit.callback_metrics["val/mean_acc"]))
+
+    # the final evaluation of ekd-train: a null record per set and no ROC curve, with a warning
+    with pytest.warns(UserWarning, match="verification set pairs: the backbone produces non-finite"):
+        metrics, rocs = evaluate_backbone(module.student, sets, batch_size=8)
+    assert metrics == {"pairs": {"accuracy": None, "error": "non-finite embeddings"}}
+    assert rocs == {}
+    # IJB (a miniature IJB-C on disk): NaN pair scores would make the ROC raise; the set is recorded null
+    _write_miniature(tmp_path / "ijb")
+    with pytest.warns(UserWarning, match="IJB set IJBC: the backbone has non-finite weights"):
+        ijb_metrics, ijb_rocs = evaluate_ijb_sets(module.student, tmp_path / "ijb", ["IJBC"], batch_size=4)
+    assert (ijb_metrics, ijb_rocs) == ({"ijbc": {"accuracy": None, "error": "non-finite embeddings"}}, {})
+    throughput = measure_throughput(module.student, batch_size=2, warmup=1, iterations=2)
+    assert throughput["images_per_s"] > 0 and throughput["iterations"] == 2
+    assert module.student.training  # its mode is restored
+
+    # the results file stores the null metrics, and the table shows the set as a missing cell
+    record = RunResults(
+        method="mimic",
+        dataset="synthetic",
+        student="iresnet18",
+        seed=0,
+        metrics=metrics,
+        throughput=throughput,
+    )
+    read = load_results(write_results(tmp_path / "run", record))
+    assert read.status == "finished"
+    assert read.metrics == {"pairs": {"accuracy": None, "error": "non-finite embeddings"}}
+    (table,) = build_tables([read])
+    assert table.row("mimic").n == 1 and table.row("mimic").cells == {}
