@@ -76,6 +76,7 @@ def run(
     :class:`RunInterrupted` when a signal stopped the fit (its checkpoint is saved).
     """
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from ekd.dist import launch_rank
     from ekd.lit import build_module
@@ -119,12 +120,12 @@ def run(
         signalled = False
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=start.ckpt_path)
+        except SIGTERMException:  # Lightning's end of a fit that received SIGTERM (a SystemExit)
+            signalled = True
         except Exception as error:
-            signalled = _is_signal_stop(error)
-            if not signalled:
-                if rank == 0 and user_error(error) is None:
-                    write_failure(cfg, output_dir, error, experiment, sweep, started)
-                raise
+            if rank == 0 and user_error(error) is None:
+                write_failure(cfg, output_dir, error, experiment, sweep, started)
+            raise
         stopped = next((c for c in callbacks if isinstance(c, LastCheckpoint) and c.interrupted), None)
         if stopped is not None or signalled:
             signum = int(stopped.interrupted) if stopped is not None else int(signal.SIGTERM)
@@ -158,13 +159,6 @@ def user_error(error: BaseException) -> BaseException | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-def _is_signal_stop(error: BaseException) -> bool:
-    """Lightning ends a fit that received SIGTERM with its SIGTERMException (after our checkpoint)."""
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    return isinstance(error, SIGTERMException)
 
 
 def finish_run(

@@ -16,7 +16,7 @@ from ekd.data.sources import (
     list_data_sources,
     register_data_source,
 )
-from ekd.data.synthetic import SyntheticConfig, as_synthetic_config, write_synthetic
+from ekd.data.synthetic import SyntheticConfig, SyntheticSettings, as_synthetic_config, write_synthetic
 
 
 def __getattr__(name: str):
@@ -46,6 +46,7 @@ __all__ = [
     "RecordReader",
     "RecordWriter",
     "SyntheticConfig",
+    "SyntheticSettings",
     "as_face_batch",
     "as_synthetic_config",
     "cache_unusable_reason",

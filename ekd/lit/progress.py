@@ -7,10 +7,11 @@ A terminal gets Lightning's rich bar; a job whose stdout is a file (SLURM, nohup
     epoch 2/26 done | step 154/4000 | loss 12.87 | 1201 img/s | ETA 1:22:10
     finished | step 4000/4000 | epoch 26/26 | 1210 img/s | 1:25:02
 
-- ``loss``: mean of the training-step losses since the previous line (the epoch's for an epoch line;
-  ``n/a`` when every step was skipped), with ``| skipped N`` for steps the non-finite guard skipped.
+- ``loss``: mean of the training-step losses since the previous step line (over the epoch for an
+  epoch line; ``n/a`` when every step was skipped), with ``| skipped N`` for the steps the non-finite
+  guard (or a ``training_step`` returning None) skipped.
 - ``img/s``: images of the whole job (this rank's batch size x world size) per second since the
-  previous line (over the epoch, over the fit).
+  previous step line (over the epoch, over the fit).
 - ``ETA``: mean step time of this fit so far x the remaining steps of ``max_steps`` /
   ``estimated_stepping_batches`` (``?`` when the run has no known end).
 

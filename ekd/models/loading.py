@@ -465,13 +465,18 @@ def _spec_from_section(section: Mapping[str, Any], source: str) -> BackboneSpec:
     return BackboneSpec(name, embedding_size, dict(kwargs), source)
 
 
-def _plain_container(value: Any) -> Any:
-    # hyper-parameters of older runs may be OmegaConf containers
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover  (a dependency of ekd)
+def _plain_container(value: Any, source: str) -> Any:
+    # hyper-parameters of older runs may be OmegaConf containers; only the one section is converted,
+    # so that interpolations elsewhere in the config (Hydra resolvers) cannot get in the way
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not OmegaConf.is_config(value):
         return value
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    try:
+        return OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException as error:
+        raise BackboneRecordError(f"{source} cannot be read ({type(error).__name__}: {error})") from None
 
 
 def _network_of(prefix: str | None) -> str:
@@ -482,9 +487,10 @@ def _recorded_spec(obj: object, path: Path, prefix: str | None) -> BackboneSpec 
     """What ``obj`` (read from ``path``) records about the network under ``prefix``; None: nothing."""
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         network = _network_of(prefix)
-        hparams = _plain_container(obj.get("hyper_parameters"))
+        where = f"{path} hyper_parameters[{network!r}]"
+        hparams = obj.get("hyper_parameters")
         section = hparams.get(network) if isinstance(hparams, Mapping) else None
-        section = _plain_container(section)
+        section = _plain_container(section, where)
         if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
             recorded = (
                 [k for k in ("student", "teacher") if isinstance(hparams.get(k), Mapping)]
@@ -496,7 +502,7 @@ def _recorded_spec(obj: object, path: Path, prefix: str | None) -> BackboneSpec 
                 f"{path} is a Lightning checkpoint whose hyper_parameters record no '{network}' backbone"
                 f"{also}; ekd.lit records the 'student' and 'teacher' sections"
             )
-        return _spec_from_section(section, f"{path} hyper_parameters[{network!r}]")
+        return _spec_from_section(section, where)
     return read_backbone_record(path)
 
 

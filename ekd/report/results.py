@@ -3,8 +3,9 @@
 :class:`RunResults` is the schema (format ``ekd-results/2``); :func:`write_results` and
 :func:`load_results` are the only writer and reader. Rates are fractions in [0, 1], never percent;
 non-finite numbers are stored as ``null``. A run whose fit raised leaves a record too
-(:func:`failure_record`: ``status: "failed"``, the exception in ``error``, empty metrics), so that a
-sweep's table can say which jobs failed and why. Fields:
+(:func:`failure_record`, or :meth:`RunResults.as_failed` of the record built so far: ``status:
+"failed"``, the exception in ``error``, empty metrics), so that a sweep's table can say which jobs
+failed and why. Fields:
 
 ===================  ==============================================================================
 format               ``"ekd-results/2"`` (files of format 1 are still read; see :func:`load_results`)
@@ -123,6 +124,13 @@ class RunResults:
     def failed(self) -> bool:
         """The fit raised (``status == "failed"``): no metrics, the exception in ``error``."""
         return self.status == FAILED
+
+    def as_failed(self, exc: BaseException, step: int | None = None) -> RunResults:
+        """A copy of this record as that of a run that raised ``exc`` at global step ``step``: status
+        ``"failed"``, ``error_record(exc, step)``, no metrics, ROC curves or mean accuracy."""
+        return dataclasses.replace(
+            self, status=FAILED, error=error_record(exc, step), metrics={}, roc={}, mean_accuracy=None
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "results") -> RunResults:
@@ -249,6 +257,10 @@ def write_results(directory: str | os.PathLike, results: RunResults) -> Path:
     """Write ``results`` as ``directory/results.json`` atomically; return the path."""
     if not isinstance(results, RunResults):
         raise TypeError(f"write_results takes a RunResults record, got {type(results).__name__}")
+    # fields may have been set after construction: never write what load_results would refuse
+    problem = _status_problem(results.status, results.error, results.metrics)
+    if problem:
+        raise ResultsError(f"not writing {Path(directory) / RESULTS_FILE}: {problem}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / RESULTS_FILE

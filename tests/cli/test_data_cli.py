@@ -1,8 +1,13 @@
-"""``ekd-data``: pack, synth, reindex, info, and the one-line error on bad input."""
+"""``ekd-data``: pack, synth (its recorded arguments, refusal of a folder with other files), reindex, info,
+the usage examples of --help, and the one-line error on bad input."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from ekd.cli.data import main
@@ -62,8 +67,6 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
 
 
 def test_help_shows_usage_examples(capsys):
-    import pytest
-
     for argv, example in (
         ([], "ekd-data synth data/synth --identities 20 --images-per-identity 8"),
         (["pack"], "ekd-data pack faces/ data/mydata"),
@@ -104,6 +107,11 @@ def test_synth_records_its_arguments_for_the_synthetic_source(tmp_path, capsys):
     expected = {"identities": 3, "images_per_identity": 2, "pairs": 4, "heldout_identities": 2, "seed": 3,
                 "difficulty": 1.0, "quality": 80}  # fmt: skip
     assert {k: recorded[k] for k in expected} == expected
+    # plain files with the usual permissions (what the umask leaves of rw-rw-rw-)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("train.rec", "train.idx", "property", "synth_pose.bin", "synthetic.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
     # the data source takes the recorded arguments when none are given ...
     dm = FaceDataModule(source="synthetic", root=str(out), num_workers=0)
     assert dm.num_classes == 3 and len(dm.dataset) == 6 and dm.synthetic_config.quality == 80

@@ -139,6 +139,11 @@ def test_good_identity_ranges_give_the_labels_cheaply(tmp_path, caplog, monkeypa
     assert dataset.labels.tolist() == written and dataset.keys.tolist() == [1, 2, 3, 4, 5, 6]
     # 3 identity records + first and last image of each identity (keys 1, 3 | 4 | 5, 6): not all images
     assert sorted(reads) == [1, 3, 4, 5, 6, 7, 8, 9]
+    # the same labels through write_face_records (what ekd-data pack and the synthetic benchmark write)
+    packed = tmp_path / "packed"
+    write_face_records(packed, [encode_png(im) for im in _images(6)], written)
+    with caplog.at_level("INFO", logger="ekd.data.datasets"):
+        assert FaceRecordDataset(packed).labels.tolist() == written
     assert not caplog.records
 
 

@@ -395,3 +395,17 @@ def test_lightning_checkpoint_without_the_section(tmp_path, source) -> None:
         checkpoint_backbone(path, prefix="teacher.")
     # a name given for a checkpoint that records nothing is all there is: it loads
     torch.testing.assert_close(_embedding(load_backbone("iresnet18", path, **TINY)), _embedding(source))
+
+
+def test_hyper_parameters_kept_as_omegaconf_are_read(tmp_path, source) -> None:
+    # older runs pickled the Hydra config; an unresolvable entry elsewhere must not get in the way
+    hparams = OmegaConf.create({"student": {**TINY_SECTION}, "other": "${oc.env:EKD_TEST_UNSET_VARIABLE}"})
+    state = {f"student.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    spec = checkpoint_backbone(tmp_path / "old.ckpt")
+    assert (spec.name, spec.embedding_size, spec.kwargs) == (
+        "iresnet18",
+        16,
+        {"base_width": 8, "input_size": [32, 32]},
+    )
+    torch.testing.assert_close(_embedding(load_backbone(None, tmp_path / "old.ckpt")), _embedding(source))

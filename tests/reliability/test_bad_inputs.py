@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -124,6 +125,50 @@ def test_num_classes_smaller_than_the_labels(records, tmp_path):
         ValueError, match=r"labels must lie in \[0, 1\] \(number of classes 2\), got \[0, 2\]"
     ):
         trainer(max_steps=1).fit(module, loader)
+
+
+def test_identity_records_that_disagree_with_the_image_headers(records, tmp_path, caplog):
+    from ekd.data.recordio import RecordWriter, pack_payload
+
+    root = _copy(records, tmp_path)
+    # rewrite the identity records (keys 7, 8, 9 after 6 images) with the ranges of identities 1 and 2
+    # swapped; the image headers keep LABELS
+    reader = FaceRecordDataset(root).reader
+    payloads = {int(k): reader.read(int(k)) for k in reader.keys}
+    reader.close()
+    with RecordWriter(root / "train.rec", root / "train.idx") as writer:
+        for key in range(7):
+            writer.write(key, payloads[key])
+        for key, (start, end) in zip((7, 8, 9), ((1, 3), (5, 7), (3, 5))):
+            writer.write(key, pack_payload([start, end], b"", id=key))
+    with caplog.at_level("WARNING", logger="ekd.data.datasets"):
+        dataset = FaceRecordDataset(root)
+    assert dataset.labels.tolist() == LABELS  # the image headers, never the ranges
+    assert "unsorted ranges: identity record 9 has [3, 5) after [5, 7) of record 8" in caplog.text
+    # a header label that is no class at all cannot be resolved: the file and the record are named
+    payload = bytearray(payloads[4])
+    payload[4:8] = np.float32(1.5).tobytes()  # the IRHeader label field (struct '<IfQQ')
+    with RecordWriter(root / "train.rec", root / "train.idx") as writer:
+        for key in range(10):
+            writer.write(key, bytes(payload) if key == 4 else payloads[key])
+    with pytest.raises(
+        DataError, match=r"copy/train\.rec record 4: header label 1\.5 is not an integer class"
+    ):
+        FaceRecordDataset(root)
+
+
+def test_mistyped_synthetic_root_is_refused_and_left_alone(records, tmp_path):
+    from ekd.data.datamodule import FaceDataModule
+
+    root = _copy(records, tmp_path)  # real RecordIO data: no synthetic.json
+    before = _snapshot(root)
+    module = FaceDataModule(source="synthetic", root=str(root), num_workers=0)
+    with pytest.raises(DataError) as err:
+        module.prepare_data()
+    message = str(err.value)
+    assert f"{root} is not empty and holds no generated synthetic benchmark" in message
+    assert "it contains property, train.idx, train.rec" in message and "use the data source 'rec'" in message
+    assert _snapshot(root) == before
 
 
 def test_truncated_and_foreign_bin(tmp_path):

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from ekd.data.datamodule import FaceDataModule
-from ekd.eval import evaluate_backbone, evaluate_ijb_sets, measure_throughput
+from ekd.eval import evaluate_backbone, evaluate_ijb_sets, evaluate_trained, measure_throughput
 from ekd.eval.callback import VerificationCallback
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import NonFiniteLossError
@@ -138,6 +138,10 @@ def test_skip_mode_with_diverged_weights_finishes_with_null_metrics(tmp_path):
     with pytest.warns(UserWarning, match="IJB set IJBC: the backbone has non-finite weights"):
         ijb_metrics, ijb_rocs = evaluate_ijb_sets(module.student, tmp_path / "ijb", ["IJBC"], batch_size=4)
     assert (ijb_metrics, ijb_rocs) == ({"ijbc": {"accuracy": None, "error": "non-finite embeddings"}}, {})
+    # both through the one call ekd-train makes: no mean accuracy
+    with pytest.warns(UserWarning, match="non-finite"):
+        found = evaluate_trained(module.student, sets, 8, ijb_root=str(tmp_path / "ijb"), ijb_sets=["IJBC"])
+    assert found == ({**metrics, **ijb_metrics}, {}, None)
     throughput = measure_throughput(module.student, batch_size=2, warmup=1, iterations=2)
     assert throughput["images_per_s"] > 0 and throughput["iterations"] == 2
     assert module.student.training  # its mode is restored

@@ -81,6 +81,22 @@ def test_failure_record_without_step_and_refusals():
         RunResults(method="kd", dataset="d", student="s", seed=0, metrics={}, error={"type": "E"})
 
 
+def test_a_record_turned_into_a_failure(tmp_path):
+    """What ekd-train does when the fit raises: the record it had so far, as failed."""
+    base = _result("kd", 4, {"lfw": 99.0}, mean_accuracy=0.99, roc={"lfw": {"fpr": [0.0], "tpr": [1.0]}})
+    failed = base.as_failed(MemoryError("out of memory"), step=12)
+    assert (failed.status, failed.metrics, failed.roc, failed.mean_accuracy) == ("failed", {}, {}, None)
+    assert failed.error == {"type": "MemoryError", "message": "out of memory", "step": 12}
+    assert (failed.method, failed.seed, failed.label) == ("kd", 4, "KD")
+    assert base.status == "finished" and base.metrics  # a copy
+    assert load_results(write_results(tmp_path / "run", failed)).error["step"] == 12
+    # a record whose status was set by hand without the rest is not written
+    base.status = "failed"
+    with pytest.raises(ResultsError, match="not writing .*results.json: a failed run needs its 'error'"):
+        write_results(tmp_path / "bad", base)
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
 def test_unknown_status_is_rejected_naming_the_file(tmp_path):
     data = _result("kd", 0, {"lfw": 99.0}).to_dict()
     (tmp_path / "run").mkdir()

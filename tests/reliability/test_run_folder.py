@@ -1,0 +1,248 @@
+"""The run folder through the real ``ekd-train`` command: a durable last.ckpt, a clean stop on SIGTERM
+and SIGINT, exact resume (every metric equal to an uninterrupted run), refusal of a folder in use or
+of a resume with another config, inputs checked before the first step, user errors as exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ekd.runs import LOCK_FILE, RunFolderError, RunLock, changed_keys, check_resume_compatible, folder_state
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "experiment=synthetic/student",
+    "data.synthetic.identities=8",
+    "data.synthetic.images_per_identity=4",
+    "data.synthetic.pairs=20",
+    "data.synthetic.heldout_identities=4",
+    "data.general=4",
+    "data.identities=2",
+    "data.images_per_identity=2",
+    "student.embedding_size=32",
+    "optim.lr=0.01",
+    "schedule.warmup_epochs=0",
+    "trainer.max_steps=8",
+    "trainer.max_epochs=-1",
+    "logger=none",
+    "callbacks.verification=null",
+    "callbacks.progress_bar=null",
+    "callbacks.checkpoint.every_n_train_steps=2",
+    "benchmark.enabled=false",
+    "eval.batch_size=40",
+]
+SLOW = ["+callbacks.slow._target_=tests.reliability.slow.SlowSteps", "+callbacks.slow.seconds=0.4"]
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", EKD_DATA_DIR=str(root / "cache"))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _command(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ekd.cli.train",
+        *TINY,
+        f"data.root={data}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+def _train(run_dir: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(run_dir, data, *extra),
+        cwd=REPO,
+        env=_env(run_dir.parent),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Path, dict]:
+    """An uninterrupted run: the reference every resumed run must equal."""
+    root = tmp_path_factory.mktemp("runs")
+    done = _train(root / "straight", root / "data")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, json.loads((root / "straight" / "results.json").read_text())
+
+
+def _stop_with(signum: int, root: Path, name: str) -> Path:
+    """Start a slowed run, send ``signum`` once its step-2 checkpoint exists, return its folder."""
+    run_dir = root / name
+    process = subprocess.Popen(
+        _command(run_dir, root / "data", *SLOW), cwd=REPO, env=_env(root), stderr=subprocess.PIPE, text=True
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert last.is_file(), process.communicate()[1][-3000:]
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert "continue it with resume=auto" in stderr
+    assert not (run_dir / "results.json").exists()
+    assert not (run_dir / LOCK_FILE).exists()  # released on the way out
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= step < 8  # stopped at a step boundary, before the end
+    return run_dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_with_a_checkpoint_and_resume_auto_ends_like_an_uninterrupted_run(straight, signum):
+    root, reference = straight
+    run_dir = _stop_with(signum, root, f"stopped-{signum.name}")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no temp file left
+    done = _train(run_dir, root / "data", "resume=auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["global_step"] == reference["global_step"] == 8
+    assert resumed["metrics"] == reference["metrics"]  # every fold accuracy, TPR, AUC: to the bit
+    assert resumed["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    # a finished run is left alone by resume=auto (a requeued sweep skips its finished jobs)
+    again = _train(run_dir, root / "data", "resume=auto")
+    assert again.returncode == 0 and "holds a finished run (resume=auto): nothing to do" in again.stdout
+
+
+def test_folder_refusals_are_one_message_and_exit_code_2(straight, tmp_path):
+    root, _ = straight
+    finished = root / "straight"
+    done = _train(finished, root / "data")
+    assert done.returncode == 2 and "holds a finished run" in done.stderr and "Traceback" not in done.stderr
+    done = _train(finished, root / "data", "resume=auto", "seed=5")
+    assert done.returncode == 0  # finished: nothing to do, whatever the config
+    # an interrupted run resumed with another seed: refused, the changed key named
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    (interrupted / "checkpoints" / "last.ckpt").write_bytes(
+        (finished / "checkpoints" / "last.ckpt").read_bytes()
+    )
+    (interrupted / "config.yaml").write_text((finished / "config.yaml").read_text())
+    done = _train(interrupted, root / "data", "resume=auto", "seed=5")
+    assert done.returncode == 2 and "seed: 0 -> 5" in done.stderr, done.stderr[-2000:]
+    # resume=auto needs a folder the user named
+    command = [
+        c for c in _command(interrupted, root / "data", "resume=auto") if not c.startswith("hydra.run.dir")
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 2 and "resume=auto continues the run in a folder you name" in done.stderr
+    # a folder in use by a live job (its lock: this test process on this host)
+    (interrupted / LOCK_FILE).write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.time(),
+                "heartbeat": time.time(),
+            }
+        )
+    )
+    done = _train(interrupted, root / "data", "resume=auto")
+    assert done.returncode == 2 and "is in use by a running job" in done.stderr
+
+
+def test_inputs_are_checked_before_the_first_step(straight, tmp_path):
+    root, _ = straight
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in (root / "data").iterdir():
+        (data / path.name).symlink_to(path)
+    (data / "synth_pose.bin").unlink()
+    (data / "synth_pose.bin").write_bytes(b"garbage that is not a pickled .bin set")
+    done = _train(tmp_path / "run", data)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "synth_pose.bin" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+    # a configuration typo: Hydra's one message, exit code 2
+    done = _train(tmp_path / "typo", data, "trainer.max_epoch=3")
+    assert done.returncode == 2 and "trainer.max_epoch" in done.stderr
+    # a folder that cannot be written
+    locked = tmp_path / "readonly"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root): no read-only folder to test")
+        done = _train(locked / "run", data)
+        assert done.returncode == 2 and "readonly" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------- unit tests
+def test_folder_states(tmp_path):
+    assert folder_state(tmp_path / "missing") == "empty"
+    (tmp_path / "a").mkdir()
+    assert folder_state(tmp_path / "a") == "empty"
+    (tmp_path / "a" / "config.yaml").write_text("seed: 0\n")
+    assert folder_state(tmp_path / "a") == "interrupted"
+    (tmp_path / "a" / "results.json").write_text("{}")
+    assert folder_state(tmp_path / "a") == "finished"
+    with RunLock(tmp_path / "a"):
+        assert folder_state(tmp_path / "a") == "running"
+    assert folder_state(tmp_path / "a") == "finished" and not (tmp_path / "a" / LOCK_FILE).exists()
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    first = RunLock(tmp_path, heartbeat_s=0.05)
+    first.acquire()
+    try:
+        with pytest.raises(RunFolderError, match="in use by a running job"):
+            RunLock(tmp_path).acquire()
+        time.sleep(0.2)
+        record = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["heartbeat"] > record["started"]  # the heartbeat beats
+    finally:
+        first.release()
+    # a dead process on this host: stale at once
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = {
+        "host": socket.gethostname(),
+        "pid": int(dead.stdout),
+        "started": time.time(),
+        "heartbeat": time.time(),
+    }
+    (tmp_path / LOCK_FILE).write_text(json.dumps(stale))
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    # another host whose heartbeat stopped 20 minutes ago: stale; 1 minute ago: live
+    for age, taken in ((1200, True), (60, False)):
+        other = {"host": "node-elsewhere", "pid": 1, "started": 0.0, "heartbeat": time.time() - age}
+        (tmp_path / LOCK_FILE).write_text(json.dumps(other))
+        lock = RunLock(tmp_path, stale_after_s=600)
+        if taken:
+            lock.acquire()
+            lock.release()
+        else:
+            with pytest.raises(RunFolderError, match="host node-elsewhere"):
+                lock.acquire()
+    (tmp_path / LOCK_FILE).unlink()
+
+
+def test_resume_compatibility_names_what_changed():
+    before = {"seed": 0, "data": {"root": "/a", "general": 32}, "optim": {"lr": 0.1}, "logger": {"csv": {}}}
+    moved = {"seed": 0, "data": {"root": "/b", "general": 32}, "optim": {"lr": 0.1}, "logger": {}}
+    assert changed_keys(before, moved) == []  # data may move, loggers may change
+    other = {"seed": 1, "data": {"root": "/a", "general": 16}, "optim": {"lr": 0.2}, "logger": {"csv": {}}}
+    assert changed_keys(before, other) == ["data.general", "optim.lr", "seed"]
+    with pytest.raises(RunFolderError, match=r"data.general: 32 -> 16; optim.lr: 0.1 -> 0.2; seed: 0 -> 1"):
+        check_resume_compatible(before, other, "run/config.yaml")
