@@ -124,7 +124,7 @@ def run(
             signalled = True
         except Exception as error:
             if rank == 0 and user_error(error) is None:
-                write_failure(cfg, output_dir, error, experiment, sweep, started)
+                write_failure(cfg, output_dir, error, experiment, sweep, started, trainer.global_step)
             raise
         stopped = next((c for c in callbacks if isinstance(c, LastCheckpoint) and c.interrupted), None)
         if stopped is not None or signalled:
@@ -194,7 +194,8 @@ def finish_run(
         results.throughput = measure_throughput(backbone, bench.batch_size, bench.warmup, bench.iterations)
     torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, output_dir / BACKBONE_FILE)
     student = cfg.student
-    write_backbone_record(output_dir / BACKBONE_FILE, student.name, student.embedding_size, student.kwargs)
+    options = OmegaConf.to_container(student.kwargs, resolve=True)
+    write_backbone_record(output_dir / BACKBONE_FILE, student.name, student.embedding_size, options)
     last_checkpoint = output_dir / LAST_CHECKPOINT
     results.teacher_cache = teacher_cache_record(cfg, datamodule)
     results.params, results.macs = count_parameters(backbone), count_macs(backbone)
@@ -214,15 +215,14 @@ def write_failure(
     experiment: str | None,
     sweep: str | None,
     started: float,
+    step: int | None = None,
 ) -> None:
-    """``results.json`` of a run that stopped on an exception: status "failed" and the reason."""
+    """``results.json`` of a run that stopped on an exception at ``step``: status "failed", the reason."""
     from ekd.report import write_results
     from ekd.report.records import run_record
 
-    results = run_record(cfg, output_dir, experiment, sweep, started, source_root=REPO_ROOT)
-    results.status = "failed"
-    results.error = {"type": type(error).__name__, "message": str(error)}
-    write_results(output_dir, results)
+    record = run_record(cfg, output_dir, experiment, sweep, started, source_root=REPO_ROOT)
+    write_results(output_dir, record.as_failed(error, step=step))
 
 
 def teacher_cache_record(cfg: DictConfig, datamodule: Any) -> dict[str, Any] | None:

@@ -4,8 +4,9 @@ A run folder holds one run and only one (``ekd-train`` writes ``config.yaml``, `
 ``backbone.pth``, ``results.json`` there). :func:`folder_state` reads what a folder holds:
 
 - ``"empty"``: nothing of a run (a missing folder, or one without any of the files above);
-- ``"finished"``: a ``results.json``;
-- ``"interrupted"``: a run's config or checkpoint but no results (a crash, a signal, a preemption);
+- ``"finished"``: a ``results.json`` of a finished run;
+- ``"interrupted"``: a run's config or checkpoint but no results (a signal, a preemption), or the
+  ``results.json`` of a run that failed (``status: failed``): ``resume=auto`` continues it;
 - ``"running"``: a live lock (below).
 
 :class:`RunLock` is the lock file ``.ekd.lock`` (JSON: host, process id, start time, heartbeat time),
@@ -72,7 +73,13 @@ def folder_state(directory: str | os.PathLike, lock_stale_after_s: float = 600.0
     if lock.holder() is not None and not lock.is_stale():
         return "running"
     if (directory / "results.json").is_file():
-        return "finished"
+        from ekd.report import ResultsError, load_results
+
+        try:
+            failed = load_results(directory).failed
+        except ResultsError:  # not known to be a failure: a run was there, treat it as finished
+            failed = False
+        return "interrupted" if failed else "finished"
     if any((directory / name).exists() for name in RUN_FILES):
         return "interrupted"
     return "empty"
@@ -271,10 +278,14 @@ def prepare_run_folder(
                 from ekd.report import FinishedRunError
 
                 error = FinishedRunError if state == "finished" else RunFolderError
+                what = (
+                    f"a finished run ({directory / 'results.json'})"
+                    if state == "finished"
+                    else "an interrupted run"
+                )
                 raise error(
-                    f"{directory} holds {'a finished' if state == 'finished' else 'an interrupted'} run: "
-                    "continue it with resume=auto, replace it with overwrite=true, or give this run "
-                    "another folder"
+                    f"{directory} holds {what}: continue it with resume=auto, replace it with "
+                    "overwrite=true, or give this run another folder"
                 )
             _remove_run_files(directory)
     elif str(resume) == "auto":

@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = select_methods(args.methods, args.config_dir)
     from rich.console import Console
 
-    from ekd.run import run
     from ekd.report import build_tables, collect_results, save_tables, to_markdown
+    from ekd.run import run
 
     console = Console()
     started = time.time()
@@ -133,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"seed={args.seed}",
         "logger=" + ("wandb" if args.wandb else "csv"),
-        "callbacks.progress_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar",
         # the final evaluation of every run makes the in-training verification redundant here
         "callbacks.verification=null",
         *search_path_override(args.config_dir),

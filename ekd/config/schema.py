@@ -28,7 +28,7 @@ from typing import Any, Optional  # noqa: UP035  (OmegaConf resolves these annot
 from omegaconf import MISSING
 
 from ekd.choices import Nonfinite, Sampler
-from ekd.data.synthetic import SyntheticConfig
+from ekd.data.synthetic import SyntheticSettings
 from ekd.lit.optim import OptimConfig, ScheduleConfig
 from ekd.lit.sections import BackboneConfig, DistillConfig, HeadConfig
 
@@ -55,7 +55,9 @@ class DataConfig:
     num_workers: int = 2
     pin_memory: bool = True
     persistent_workers: bool = True
-    synthetic: Optional[SyntheticConfig] = None  # the synthetic benchmark's generator (source=synthetic)
+    # the synthetic benchmark's generator arguments (source=synthetic); fields left null are the ones
+    # recorded with an existing benchmark in data.root, or the defaults (ekd.data.sources.SyntheticSource)
+    synthetic: Optional[SyntheticSettings] = None
     source_options: dict[str, Any] = field(default_factory=dict)  # further options of a user's data source
 
 

@@ -1,8 +1,8 @@
 """The ``RunResults`` record of an ``ekd-train`` run, from its composed config.
 
 :func:`run_record` fills in what a run knows from its config (method row, dataset, networks, teacher
-file and hash, seed, where it ran, versions); the caller adds what it measured. :func:`failure_record`
-is the record of a run that stopped on an exception: status ``"failed"`` and the reason, no metrics.
+file and hash, seed, where it ran, versions); the caller adds what it measured, or turns it into the
+record of a run that stopped on an exception with :meth:`RunResults.as_failed`.
 """
 
 from __future__ import annotations

@@ -195,45 +195,12 @@ def error_record(exc: BaseException, step: int | None = None) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc), "step": None if step is None else int(step)}
 
 
-def failure_record(exc: BaseException, step: int | None = None, **fields: Any) -> RunResults:
-    """The record of a run whose fit raised ``exc`` at global step ``step``.
-
-    ``fields`` are :class:`RunResults` fields (``method``, ``dataset``, ``student`` and ``seed`` are
-    required; ``label``, ``order``, ``paper_row``, ``output_dir``, ... as for a finished run). The
-    record has ``status="failed"``, ``error=error_record(exc, step)`` and no metrics; ``created`` is
-    now unless given.
-    """
-    for key in ("status", "error", "metrics"):
-        if key in fields:
-            raise TypeError(f"failure_record sets {key!r} itself")
-    fields.setdefault("created", _now())
-    return RunResults(status=FAILED, error=error_record(exc, step), metrics={}, **fields)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class FinishedRunError(FileExistsError):
     """The output directory already holds a finished run."""
-
-
-def check_unfinished(directory: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raise :class:`FinishedRunError` when ``directory`` holds a results file and ``overwrite`` is off.
-
-    The record of a failed run does not count: rerunning the job in its directory replaces it.
-    """
-    path = Path(directory) / RESULTS_FILE
-    if path.exists() and not overwrite:
-        try:
-            if load_results(path).failed:
-                return
-        except ResultsError:
-            pass  # an unreadable file is not known to be a failure: keep refusing
-        raise FinishedRunError(
-            f"{path} exists: {directory} holds a finished run. Choose another output directory "
-            f"(e.g. drop the fixed hydra.run.dir) or pass overwrite=true to replace it."
-        )
 
 
 def _json_ready(value: Any) -> Any:

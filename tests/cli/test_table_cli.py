@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from ekd.cli.table import main
-from ekd.report import RunResults, failure_record, write_results
+from ekd.report import RunResults, write_results
 
 # label / order / paper row as ekd-train records them from the method files (conf/distill)
 ROWS = {"none": ("no KD", 10.0, "MobileFaceNet (no KD)"), "rkd": ("RKD", 70.0, "RKD")}
@@ -62,10 +62,10 @@ def test_failed_runs_are_counted_and_listed(tmp_path, capsys):
     for folder, method, seed, step in (("2", "none", 2, 40), ("3", "rkd", 0, 7)):
         label, order, paper_row = ROWS[method]
         error = RuntimeError(f"non-finite loss at global step {step}")
-        record = failure_record(
-            error, step=step, method=method, label=label, order=order, paper_row=paper_row,
-            dataset="ms1mv2", student="mobilefacenet", student_label="MobileFaceNet", seed=seed,
-        )  # fmt: skip
+        record = RunResults(
+            method=method, label=label, order=order, paper_row=paper_row, dataset="ms1mv2",
+            student="mobilefacenet", student_label="MobileFaceNet", seed=seed, metrics={},
+        ).as_failed(error, step=step)  # fmt: skip
         write_results(sweep / folder, record)
     out = tmp_path / "table"
     assert main([str(sweep), "--out", str(out), "--formats", "md,csv"]) == 0

@@ -189,8 +189,8 @@ TINY_TEACHER_KW = {"base_width": 8, "dropout": 0.0, "embedding_size": 32}  # tea
 def cached_teacher(data_root, tmp_path_factory) -> dict[str, Path]:
     """A plain teacher file (iresnet18/8) and its ekd-cache of the tiny synthetic training set."""
     from ekd.cli.cache import main as cache_main
-    from ekd.run import build_datamodule
     from ekd.models import create_backbone
+    from ekd.run import build_datamodule
 
     build_datamodule(_tiny(data_root)).prepare_data()  # generate the training set before caching it
     base = tmp_path_factory.mktemp("teacher_cache")

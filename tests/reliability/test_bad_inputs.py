@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from ekd.data.bins import load_bin, write_bin
 from ekd.data.datasets import FaceRecordDataset
@@ -271,13 +270,13 @@ def test_wandb_offline_without_network_completes(tmp_path, monkeypatch):
 
 
 def test_output_directory_with_a_finished_run_is_refused(tmp_path):
-    from ekd.cli.train import run
     from ekd.report.results import RESULTS_FILE, FinishedRunError
+    from ekd.runs import prepare_run_folder
 
     (tmp_path / RESULTS_FILE).write_text('{"finished": true}')
     (tmp_path / "last.ckpt").write_bytes(b"weights")
     before = _snapshot(tmp_path)
     with pytest.raises(FinishedRunError) as err:
-        run(OmegaConf.create({"overwrite": False}), tmp_path)
+        prepare_run_folder(tmp_path, {}, resume=None, overwrite=False, fixed_folder=True)
     assert str(tmp_path / RESULTS_FILE) in str(err.value) and "overwrite=true" in str(err.value)
     assert _snapshot(tmp_path) == before

@@ -12,13 +12,10 @@ import json
 import pytest
 
 from ekd.report import (
-    FinishedRunError,
     ResultsError,
     RunResults,
     build_tables,
-    check_unfinished,
     collect_results,
-    failure_record,
     load_results,
     to_csv,
     to_latex,
@@ -26,6 +23,7 @@ from ekd.report import (
     write_results,
 )
 from ekd.report.wandb_runs import log_run_summary
+from ekd.runs import folder_state
 from tests.report.test_table import _result, _row
 
 NONFINITE_MESSAGE = "non-finite loss at global step 123 (epoch 2): recognition=nan."
@@ -33,9 +31,7 @@ NONFINITE_MESSAGE = "non-finite loss at global step 123 (epoch 2): recognition=n
 
 def _failed(method, seed, exc, step, student="mobilefacenet", dataset="ms1mv2"):
     """What ekd-train records when the fit raises ``exc`` at ``step``."""
-    return failure_record(
-        exc,
-        step=step,
+    return RunResults(
         method=method,
         **_row(method),
         dataset=dataset,
@@ -43,7 +39,9 @@ def _failed(method, seed, exc, step, student="mobilefacenet", dataset="ms1mv2"):
         student_label="MobileFaceNet",
         teacher=None if method == "none" else "iresnet50",
         seed=seed,
-    )
+        metrics={},
+        created="2026-11-30T12:00:00+00:00",
+    ).as_failed(exc, step=step)
 
 
 def test_failure_record_fields_and_round_trip(tmp_path):
@@ -51,7 +49,6 @@ def test_failure_record_fields_and_round_trip(tmp_path):
     assert record.status == "failed" and record.failed
     assert record.error == {"type": "RuntimeError", "message": "non-finite loss at step 7", "step": 7}
     assert record.metrics == {} and record.mean_accuracy is None
-    assert record.created is not None  # filled in when not given
     path = write_results(tmp_path / "run", record)
     data = json.loads(path.read_text())
     assert data["status"] == "failed"
@@ -67,8 +64,6 @@ def test_failure_record_fields_and_round_trip(tmp_path):
 def test_failure_record_without_step_and_refusals():
     no_step = _failed("kd", 0, KeyError("x"), step=None)
     assert no_step.error == {"type": "KeyError", "message": "'x'", "step": None}
-    with pytest.raises(TypeError, match="sets 'metrics' itself"):
-        failure_record(ValueError("x"), method="kd", dataset="d", student="s", seed=0, metrics={"lfw": {}})
     # a record is either finished without an error or failed with one and without metrics
     with pytest.raises(ResultsError, match="a failed run needs its 'error'"):
         RunResults(method="kd", dataset="d", student="s", seed=0, metrics={}, status="failed")
@@ -119,16 +114,15 @@ def test_files_without_status_are_finished(tmp_path):
         assert (read.status, read.error, read.failed) == ("finished", None, False)
 
 
-def test_a_failed_run_directory_can_be_rerun(tmp_path):
+def test_a_failed_run_directory_can_be_continued(tmp_path):
+    """A failed run's folder is an interrupted run (resume=auto continues it), a finished one is not."""
     write_results(tmp_path / "failed", _failed("kd", 0, RuntimeError("boom"), step=5))
-    check_unfinished(tmp_path / "failed")  # no error: the rerun replaces the record
+    assert folder_state(tmp_path / "failed") == "interrupted"
     write_results(tmp_path / "done", _result("kd", 0, {"lfw": 99.0}))
-    with pytest.raises(FinishedRunError, match="holds a finished run"):
-        check_unfinished(tmp_path / "done")
+    assert folder_state(tmp_path / "done") == "finished"
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{not json")
-    with pytest.raises(FinishedRunError):
-        check_unfinished(tmp_path / "broken")  # not known to be a failure: still refused
+    assert folder_state(tmp_path / "broken") == "finished"  # not known to be a failure: still refused
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from ekd.report import (
     ResultsError,
     RunResults,
     build_tables,
-    check_unfinished,
     collect_results,
     load_paper_table,
     load_results,
@@ -208,11 +207,15 @@ def test_results_files_round_trip_and_bad_files(tmp_path):
 
 
 def test_finished_run_is_refused(tmp_path):
-    check_unfinished(tmp_path)  # empty directory: fine
+    from ekd.runs import folder_state, prepare_run_folder
+
+    assert folder_state(tmp_path) == "empty"
     write_results(tmp_path, _result("kd", 0, {"lfw": 99.0}))
     with pytest.raises(FinishedRunError, match="holds a finished run"):
-        check_unfinished(tmp_path)
-    check_unfinished(tmp_path, overwrite=True)
+        prepare_run_folder(tmp_path, {}, resume=None, overwrite=False, fixed_folder=True)
+    start = prepare_run_folder(tmp_path, {}, resume=None, overwrite=True, fixed_folder=True)
+    start.lock.release()
+    assert not (tmp_path / "results.json").exists()  # replaced: the old run's files are gone
 
 
 def test_format_1_files_are_read_with_the_method_files_rows(tmp_path):
