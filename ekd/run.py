@@ -35,7 +35,7 @@ BACKBONE_FILE = "backbone.pth"
 
 def build_datamodule(cfg: DictConfig) -> Any:
     """``cfg.data`` (its ``_target_``: ``ekd.data.FaceDataModule``) with the run's seed."""
-    return hydra.utils.instantiate(cfg.data, seed=cfg.seed, _convert_="object")
+    return hydra.utils.instantiate(cfg.data, seed=cfg.seed, _convert_="all")
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], callbacks: list[Any]) -> Any:
