@@ -246,3 +246,33 @@ def test_resume_compatibility_names_what_changed():
     assert changed_keys(before, other) == ["data.general", "optim.lr", "seed"]
     with pytest.raises(RunFolderError, match=r"data.general: 32 -> 16; optim.lr: 0.1 -> 0.2; seed: 0 -> 1"):
         check_resume_compatible(before, other, "run/config.yaml")
+
+
+def test_a_multirun_goes_on_after_a_failed_job_and_resume_auto_skips_finished_jobs(straight, tmp_path):
+    """distill=kd without a teacher is refused for that job only; resume=auto then skips the finished one."""
+    root, _ = straight
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "ekd.cli.train", "-m", *TINY, "trainer.max_steps=2"]
+    command += [f"data.root={root / 'data'}", f"hydra.sweep.dir={sweep}", "distill=kd,none", "resume=auto"]
+    for attempt in range(2):
+        done = subprocess.run(
+            command, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "ekd-train: error: teacher.checkpoint is not set" in done.stderr or "no teacher" in done.stderr
+        assert not (sweep / "0" / "results.json").exists()  # the refused job left no record
+        assert json.loads((sweep / "1" / "results.json").read_text())["global_step"] == 2
+        if attempt == 1:
+            assert "holds a finished run (resume=auto): nothing to do" in done.stdout
+
+
+def test_help_starts_with_usage_and_examples_and_hides_shared_recipes(capsys):
+    from ekd.cli.train import main
+
+    main(["--help"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("ekd-train: train a teacher") and printed.index("examples:") < printed.index(
+        "config groups"
+    )
+    experiments = next(line for line in printed.splitlines() if line.strip().startswith("experiment:"))
+    assert "ms1mv2/student" in experiments and "_recipe" not in experiments
