@@ -102,7 +102,8 @@ def run(
         print(f"ekd-train: {output_dir} holds a finished run (resume=auto): nothing to do")
         return load_results(output_dir)
     try:
-        if rank == 0 and start.ckpt_path is None:
+        # a resumed run keeps the config it started with (checked equal above)
+        if rank == 0 and (start.ckpt_path is None or not (output_dir / CONFIG_FILE).exists()):
             (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
