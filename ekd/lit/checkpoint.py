@@ -110,7 +110,7 @@ class LastCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.dirpath / f".{LAST}.tmp"
-        trainer.save_checkpoint(tmp)  # rank zero writes; ends with a barrier
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state; rank zero writes, then a barrier
         if trainer.is_global_zero:
             _fsync(tmp)
             os.replace(tmp, self.path)
