@@ -60,6 +60,35 @@ class ScheduleName(str, Enum):
     constant = "constant"
 
 
+class IJBProtocolName(str, Enum):
+    """Named IJB-B/C 1:1 scoring presets (``ekd.eval.ijb.IJB_PROTOCOLS``; docs/methods.md)."""
+
+    insightface = "insightface"
+    tface = "tface"
+
+
+class FlipMode(str, Enum):
+    """How an IJB image feature is made from the embeddings of the image and of its mirror
+    (``ekd.eval.ijb.fuse_views``; docs/methods.md)."""
+
+    sum = "sum"
+    plain = "plain"
+    sum_normalised = "sum_normalised"
+    concat_normalised = "concat_normalised"
+
+
+class EvalPrecision(str, Enum):
+    """Arithmetic of evaluation embeddings: fp32, or autocast to fp16 / bf16 (Lightning's spellings).
+
+    The member names are what OmegaConf would match, so the config keeps the value as a string
+    (``eval.precision: 32-true``) and :func:`parse_choice` checks it by value.
+    """
+
+    fp32 = "32-true"
+    fp16 = "16-mixed"
+    bf16 = "bf16-mixed"
+
+
 def parse_choice(enum: type[E], value: object, key: str, what: str = "value") -> E:
     """``enum`` member named by ``value`` (a member or its string); ValueError naming ``key`` otherwise."""
     if isinstance(value, enum):

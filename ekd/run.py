@@ -176,7 +176,14 @@ def finish_run(
     """Evaluate the trained backbone (``ekd.eval``), save ``backbone.pth`` and write ``results.json``."""
     import torch
 
-    from ekd.eval import evaluate_trained, evaluation_device, measure_throughput, select_sets
+    from ekd.eval import (
+        config_ijb_protocol,
+        evaluate_trained,
+        evaluation_device,
+        measure_throughput,
+        protocol_record,
+        select_sets,
+    )
     from ekd.models import count_macs, count_parameters, write_backbone_record
     from ekd.report import write_results
     from ekd.report.records import run_record
@@ -188,8 +195,19 @@ def finish_run(
     if cfg.eval.enabled:
         sets = select_sets(datamodule.verification_sets(), cfg.eval.sets, "eval.sets")
         ev = cfg.eval
-        found = evaluate_trained(backbone, sets, ev.batch_size, ev.roc_points, ev.ijb_root, ev.ijb_sets)
+        ijb = config_ijb_protocol(ev)
+        found = evaluate_trained(
+            backbone,
+            sets,
+            ev.batch_size,
+            ev.roc_points,
+            ev.ijb_root,
+            ev.ijb_sets,
+            ijb_protocol=ijb,
+            precision=ev.precision,
+        )
         results.metrics, results.roc, results.mean_accuracy = found
+        results.eval_protocol = protocol_record(ev.precision, ijb if ev.ijb_root else None)
     if cfg.benchmark.enabled:
         bench = cfg.benchmark
         results.throughput = measure_throughput(backbone, bench.batch_size, bench.warmup, bench.iterations)

@@ -11,13 +11,18 @@ Sets: ``.bin`` files given with ``--bins``, and/or the sets under ``--data-root`
 ``*.bin`` there (the paper's sets lfw, cfp_fp, cplfw, agedb_30, calfw first, in that order, then the
 other known insightface sets, then the rest by name); a folder without any is an error listing what
 it holds. ``--sets a,b`` picks sets by name instead; a missing one is an error unless
-``--allow-missing`` (it is then reported as missing). ``--ijb ROOT --ijb-name IJBC`` adds IJB 1:1.
+``--allow-missing`` (it is then reported as missing). ``--ijb ROOT --ijb-name IJBC`` adds IJB 1:1,
+scored by ``--protocol insightface`` (default) or ``--protocol tface`` (docs/methods.md); each setting
+of the protocol can be changed on its own (``--flip-mode``, ``--[no-]norm-score``,
+``--[no-]detector-score``). Embeddings are fp32 unless ``--precision 16-mixed|bf16-mixed``.
 
 Prints a table; with ``--output DIR`` writes ``DIR/eval_results.json`` (format ``ekd-eval/1``, metrics
-shaped like the ``metrics`` of ``results.json``) and ``DIR/roc.png``. Embedding and scoring are
-``ekd.eval.evaluate.verify_sets``, as in ekd-train: a set whose embeddings are non-finite (a diverged
-model) is reported (``{"accuracy": null, "error": "non-finite embeddings"}``, no mean accuracy) rather
-than aborting the run.
+shaped like the ``metrics`` of ``results.json``, with its ``eval_protocol`` record) and ``DIR/roc.png``.
+A TPR at an FPR the pairs cannot resolve (FPR x impostor pairs < 1) is printed as ``—`` with a
+footnote and stored as null (NaN), where insightface's and TFace's scripts print a number. Embedding
+and scoring are ``ekd.eval.evaluate.verify_sets``, as in ekd-train: a set whose embeddings are
+non-finite (a diverged model) is reported (``{"accuracy": null, "error": "non-finite embeddings"}``, no
+mean accuracy) rather than aborting the run.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from typing import Any
 
 import torch
 
+from ekd.choices import EvalPrecision, FlipMode, IJBProtocolName
+
 RESULTS_NAME = "eval_results.json"
 ROC_NAME = "roc.png"
 FORMAT = "ekd-eval/1"
@@ -46,6 +53,7 @@ EPILOG = textwrap.dedent(
       ekd-eval insightface/backbone.pth --backbone iresnet50 --data-root faces_emore --sets lfw,agedb_30
       ekd-eval model.onnx --bins lfw.bin agedb_30.bin
       ekd-eval last.ckpt --ijb /data --ijb-name IJBC --output out/
+      ekd-eval backbone.pth --ijb /data --ijb-name IJBB --protocol tface   # the EKD paper's IJB columns
 
     --data-root evaluates every *.bin in the folder unless --sets names some.
     """
@@ -94,6 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ijb-name", default="IJBC", choices=("IJBB", "IJBC"))
     parser.add_argument(
         "--ijb-rule", default="nearest", choices=("nearest", "le"), help="TPR@FPR reading (IJB)"
+    )
+    parser.add_argument(
+        "--protocol",
+        default="insightface",
+        choices=[p.value for p in IJBProtocolName],
+        help="IJB scoring protocol: insightface (flip sum, norm + detector weighting) or tface (plain "
+        "view, no weighting); docs/methods.md",
+    )
+    parser.add_argument(
+        "--flip-mode",
+        default=None,
+        choices=[m.value for m in FlipMode],
+        help="IJB image feature from the image and its mirror (default: the protocol's)",
+    )
+    parser.add_argument(
+        "--norm-score",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="IJB: keep the feature norm as a weight (default: the protocol's)",
+    )
+    parser.add_argument(
+        "--detector-score",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="IJB: weight features by the detection score (default: the protocol's)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=EvalPrecision.fp32.value,
+        choices=[p.value for p in EvalPrecision],
+        help="embedding arithmetic of a torch model (default fp32; half precision only when asked)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="image-loading workers for IJB")
@@ -227,7 +266,25 @@ def _percent(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
-def print_table(results: Mapping[str, Any], missing: list[str], ijb: Mapping[str, Any] | None) -> None:
+UNRESOLVED = "—"
+UNRESOLVED_NOTE = (
+    f"{UNRESOLVED} : fewer than 1/FPR impostor pairs (FPR x impostors < 1): the TPR is not resolvable and "
+    "is stored as NaN (null in JSON); insightface's and TFace's scripts print the TPR of the nearest "
+    "ROC point (FPR 0) there"
+)
+
+
+def _tpr(value: float | None) -> str:
+    """A TPR cell: NaN (a target FPR the pairs cannot resolve) is ``—``, explained by UNRESOLVED_NOTE."""
+    if value is not None and math.isnan(value):
+        return UNRESOLVED
+    return _percent(value)
+
+
+def print_table(
+    results: Mapping[str, Any], missing: list[str], ijb: Any | None, precision: str = EvalPrecision.fp32.value
+) -> None:
+    """The verification and IJB tables (rich), each with a footnote where a TPR is not resolvable."""
     from rich.console import Console
     from rich.table import Table
 
@@ -236,49 +293,76 @@ def print_table(results: Mapping[str, Any], missing: list[str], ijb: Mapping[str
     # a pipe or a log file gets a fixed, wide table instead of rich's 80-column default
     console = Console(width=None if sys.stdout.isatty() else 140)
     if results:
-        table = Table(title="Verification (10-fold accuracy, flip sum)")
+        table = Table(title=f"Verification (10-fold accuracy, flip sum, {precision})")
         for column in ("set", "pairs", "acc %", "± %", "XNorm", "TPR@1e-3 %", "TPR@1e-4 %", "AUC %", "EER %"):
             table.add_column(column, justify="left" if column == "set" else "right")
+        unresolved = False
         for name, res in results.items():
             if res is None:
                 table.add_row(name, "non-finite embeddings", *["-"] * 7)
                 continue
+            tprs = [res.tpr_at_fpr.get(1e-3), res.tpr_at_fpr.get(1e-4)]
+            unresolved |= any(v is not None and math.isnan(v) for v in tprs)
             table.add_row(
                 name,
                 str(res.num_pairs),
                 _percent(res.accuracy),
                 _percent(res.accuracy_std),
                 "-" if res.xnorm is None else f"{res.xnorm:.3f}",
-                _percent(res.tpr_at_fpr.get(1e-3)),
-                _percent(res.tpr_at_fpr.get(1e-4)),
+                *[_tpr(v) for v in tprs],
                 _percent(res.auc),
                 _percent(res.eer),
             )
         for name in missing:
             table.add_row(name, "missing", *["-"] * 7)
+        if unresolved:
+            table.caption = UNRESOLVED_NOTE
         console.print(table)
     elif missing:
         console.print(f"missing sets: {', '.join(missing)}")
     if ijb is not None:
-        table = Table(title=f"{ijb.name} 1:1 TPR (%) at FPR ({ijb.rule} rule)")
+        title = (
+            f"{ijb.name} 1:1 TPR (%) at FPR ({ijb.protocol.label} protocol, {ijb.rule} rule, {ijb.precision})"
+        )
+        table = Table(title=title)
         anchors = sorted(ijb.tpr_at_fpr)
         for column in ["set", "pairs", *[fpr_key(a) for a in anchors], "AUC %"]:
             table.add_column(column, justify="left" if column == "set" else "right")
         table.add_row(
-            ijb.name, str(ijb.num_pairs), *[_percent(ijb.tpr_at_fpr[a]) for a in anchors], _percent(ijb.auc)
+            ijb.name, str(ijb.num_pairs), *[_tpr(ijb.tpr_at_fpr[a]) for a in anchors], _percent(ijb.auc)
         )
+        if ijb.unresolvable:
+            table.caption = f"{UNRESOLVED_NOTE} ({ijb.num_negatives} impostor pairs here)"
         console.print(table)
+
+
+def resolve_ijb_protocol(args: argparse.Namespace) -> Any:
+    """The IJB protocol of the command line: ``--protocol`` with the settings given on their own."""
+    from ekd.eval.ijb import ijb_protocol
+
+    flip_mode = args.flip_mode
+    if args.no_flip:
+        if flip_mode not in (None, FlipMode.plain.value):
+            raise SystemExit(
+                f"ekd-eval: --no-flip embeds the image only, which contradicts --flip-mode {flip_mode} "
+                "(give --flip-mode plain, or leave one of them out)"
+            )
+        flip_mode = FlipMode.plain.value
+    return ijb_protocol(
+        args.protocol, flip_mode=flip_mode, norm_score=args.norm_score, detector_score=args.detector_score
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ekd.eval.evaluate import verification_records, verify_sets
+    from ekd.eval.evaluate import protocol_record, verification_records, verify_sets
     from ekd.eval.ijb import evaluate_ijb
     from ekd.eval.metrics import downsample_roc
     from ekd.eval.plot import plot_roc
 
     if args.batch_size < 1:
         raise SystemExit(f"ekd-eval: --batch-size must be >= 1, got {args.batch_size}")
+    protocol = resolve_ijb_protocol(args)
     bins, missing = collect_bins(args)
     if not bins and args.ijb is None:
         raise SystemExit("ekd-eval: nothing to evaluate: give --bins, --data-root or --ijb")
@@ -287,7 +371,14 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     # a set with non-finite embeddings gives None (and a warning): reported, the others still evaluated
-    results = verify_sets(model, _BinSets(bins), args.batch_size, flip=not args.no_flip, n_folds=args.n_folds)
+    results = verify_sets(
+        model,
+        _BinSets(bins),
+        args.batch_size,
+        flip=not args.no_flip,
+        n_folds=args.n_folds,
+        precision=args.precision,
+    )
     ijb = None
     if args.ijb is not None:
         ijb = evaluate_ijb(
@@ -296,11 +387,12 @@ def main(argv: list[str] | None = None) -> int:
             args.ijb_name,
             batch_size=args.batch_size,
             num_workers=args.workers,
-            flip=not args.no_flip,
+            protocol=protocol,
             rule=args.ijb_rule,
+            precision=args.precision,
         )
     elapsed = time.perf_counter() - start
-    print_table(results, missing, ijb)
+    print_table(results, missing, ijb, args.precision)
 
     if args.output is not None:
         out = Path(args.output)
@@ -313,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
             "format": FORMAT,
             "model": description,
             "flip": not args.no_flip,
+            "eval_protocol": protocol_record(
+                args.precision,
+                None if ijb is None else protocol,
+                flip=not args.no_flip,
+                n_folds=args.n_folds,
+                rule=args.ijb_rule,
+            ),
             "metrics": records,
             "mean_accuracy": sum(accuracies) / len(accuracies) if complete else None,
             "missing": missing,

@@ -26,6 +26,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ekd.choices import EvalPrecision, parse_choice
 from ekd.config.paths import CONF_DIR, EXPERIMENTS_DIR, SOURCE_ROOT
 from ekd.config.schema import (
     BackboneConfig,
@@ -167,6 +168,10 @@ def check_config(cfg: DictConfig) -> None:
             f"teacher.checkpoint is not set: distill={cfg.distill.method} needs the trained weights of the "
             f"{cfg.teacher.name} teacher (teacher.checkpoint=<backbone.pth or last.ckpt>)"
         )
+    try:
+        parse_choice(EvalPrecision, cfg.eval.precision, "eval.precision", "precision")
+    except ValueError as error:  # the schema keeps it a string (module ekd.config.schema)
+        raise ConfigError(str(error)) from None
     if cfg.data.source != "synthetic" and not cfg.data.root:
         raise ConfigError(
             f"data.root is not set: data={cfg.data.name} reads {cfg.data.source} data from a "

@@ -27,7 +27,7 @@ from typing import Any, Optional  # noqa: UP035  (OmegaConf resolves these annot
 
 from omegaconf import MISSING
 
-from ekd.choices import Nonfinite, Sampler
+from ekd.choices import FlipMode, IJBProtocolName, Nonfinite, Sampler
 from ekd.data.synthetic import SyntheticSettings
 from ekd.lit.optim import OptimConfig, ScheduleConfig
 from ekd.lit.sections import BackboneConfig, DistillConfig, HeadConfig
@@ -97,9 +97,18 @@ class EvalConfig:
     sets: Optional[list[str]] = None  # None: the datamodule's verification sets
     batch_size: int = 128
     roc_points: int = 200  # points of each ROC curve stored in results.json (for the notebooks)
+    # embedding arithmetic of every set: 32-true (fp32), 16-mixed or bf16-mixed (autocast); checked by
+    # ekd.config.check_config (a string: OmegaConf would match enum names, not these values)
+    precision: str = "32-true"
     # IJB-B/C 1:1 verification (ekd.eval.ijb) when set: the folder holding IJBB/ and IJBC/
     ijb_root: Optional[str] = None
     ijb_sets: list[str] = field(default_factory=lambda: ["IJBB", "IJBC"])
+    # scoring protocol (docs/methods.md): insightface (flip sum, norm + detector weighting) or tface
+    # (plain view, neither weighting); the three settings below, when not null, replace the preset's
+    ijb_protocol: IJBProtocolName = IJBProtocolName.insightface
+    ijb_flip: Optional[FlipMode] = None  # sum, plain, sum_normalised, concat_normalised
+    ijb_norm_score: Optional[bool] = None
+    ijb_detector_score: Optional[bool] = None
 
 
 @dataclass

@@ -2,7 +2,7 @@
 synthetic identity benchmark, distributed-aware batch samplers, dataset fingerprints, the registry of
 data sources, the training batch contract (``FaceBatch``) and the Lightning datamodule."""
 
-from ekd.data.batch import FaceBatch, as_face_batch
+from ekd.data.batch import FaceBatch, as_face_batch, normalise_batch
 from ekd.data.bins import KNOWN_BIN_SETS, load_bin, write_bin
 from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset, pack_folder, write_face_records
 from ekd.data.errors import BinFormatError, DataError, RecordIOError
@@ -54,6 +54,7 @@ __all__ = [
     "dataset_fingerprint",
     "list_data_sources",
     "load_bin",
+    "normalise_batch",
     "pack_folder",
     "pack_payload",
     "register_data_source",

@@ -3,11 +3,19 @@
 A training batch is a ``FaceBatch`` (a dataclass; Lightning moves it to the device field by field,
 and the DataLoader pins it through :meth:`FaceBatch.pin_memory`):
 
-    images              N x 3 x 112 x 112 float, normalised (x - 127.5) / 127.5 (mirrored where flipped)
+    images              N x 3 x 112 x 112: uint8 RGB as stored (not mirrored) from the loader, float
+                        normalised (x - 127.5) / 127.5 and mirrored where flipped after the device
+                        transform (:func:`normalise_batch`); float from a loader means already final
     labels              N int64 class labels
     indices             N int64 sample indices into the datamodule's ``dataset`` (or None)
     flipped             N bool, the row's image is the horizontal mirror of sample ``indices[i]`` (or None)
     teacher_embedding   N x D float32 raw teacher embedding of exactly the image of each row (or None)
+
+Images travel as uint8 (a quarter of the bytes of float32, and no per-image float work on the host):
+the datasets decode only, and flipping and normalisation run in one batch transform on the device,
+:func:`normalise_batch` (``FaceDataModule.on_after_batch_transfer``; the training steps apply it too, so
+a uint8 batch from any other loader is accepted, and it is a no-op on float images). The teacher cache
+build and the teacher class prototypes use the same function.
 
 ``ekd.data.FaceDataModule``'s training loader always fills ``indices`` and ``flipped`` (the sampler
 decides the flips), and fills ``teacher_embedding`` while a teacher embedding cache is attached
@@ -30,8 +38,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
+
+
+def normalise_batch(images: Tensor, flipped: Tensor | None = None) -> Tensor:
+    """uint8 RGB N x 3 x H x W as stored -> float32 ``(x - 127.5) / 127.5``, mirrored where ``flipped``.
+
+    ``flipped``: N bool (None: no row is mirrored). Runs wherever ``images`` are (the device, after the
+    transfer). The values equal the former host path exactly: ``float32(x) - 127.5`` is exact and the
+    division is one correctly rounded float32 operation on every backend. Float ``images`` are returned
+    unchanged: they are already normalised and mirrored (a ``TensorDataset`` loader, a dataset with a
+    host ``transform``, a user's dataset), so applying this twice, or to any float batch, is harmless.
+    """
+    if images.dtype != torch.uint8:
+        return images
+    if flipped is not None:
+        # mirror in uint8 (a quarter of the bytes) and without a host sync on flipped.any()
+        rows = flipped.to(device=images.device, dtype=torch.bool).view(-1, *([1] * (images.ndim - 1)))
+        images = torch.where(rows, images.flip(-1), images)
+    return images.float().sub_(127.5).div_(127.5)
 
 
 @dataclass
@@ -43,6 +70,12 @@ class FaceBatch:
     indices: Tensor | None = None
     flipped: Tensor | None = None
     teacher_embedding: Tensor | None = None
+
+    def normalised(self) -> FaceBatch:
+        """This batch with :func:`normalise_batch` applied to ``images`` (itself when they are not uint8)."""
+        if not isinstance(self.images, Tensor) or self.images.dtype != torch.uint8:
+            return self  # float (already final) or not images at all (the training step says why)
+        return dataclasses.replace(self, images=normalise_batch(self.images, self.flipped))
 
     def pin_memory(self) -> FaceBatch:
         """A copy with every tensor in pinned memory (the DataLoader's ``pin_memory=True`` calls this)."""
@@ -80,8 +113,11 @@ def collate_face_batch(samples: Sequence[tuple[Tensor, int, int, bool]]) -> Face
 class IndexedDataset(Dataset):
     """``dataset``'s samples as ``(image, label, index, flipped)``: what :func:`collate_face_batch` takes.
 
-    The sampler's keys are passed through unchanged: an ``(index, flip)`` pair is the sampler's flip
-    decision, a plain index means no flip (the datamodule's samplers yield pairs whenever it flips).
+    An ``(index, flip)`` key is the sampler's flip decision and is passed through unchanged. A plain index
+    means no flip, unless ``dataset.flip`` is true (``FaceRecordDataset(flip=True)`` read with a sampler
+    that yields plain indices): then the flip is drawn here, with probability 0.5 from torch's global RNG
+    (seeded per worker by the DataLoader), and passed on as a pair, so that ``flipped`` is always the
+    truth. uint8 datasets return the image as stored and :func:`normalise_batch` mirrors it on the device.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -91,11 +127,14 @@ class IndexedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, int, int, bool]:
-        sample = self.dataset[key]
         if isinstance(key, (tuple, list)):
             index, flipped = int(key[0]), bool(key[1])
+        elif getattr(self.dataset, "flip", False):
+            index, flipped = int(key), bool(torch.rand(()) < 0.5)
+            key = (index, flipped)
         else:
             index, flipped = int(key), False
+        sample = self.dataset[key]
         return sample[0], sample[1], index, flipped
 
 

@@ -206,9 +206,10 @@ class FaceDataModule(pl.LightningDataModule):
         return RandomBatchSampler(labels, self.batch_size, drop_last=True, seed=self.seed, flip=flip)
 
     def train_dataloader(self) -> DataLoader:
-        """:class:`~ekd.data.batch.FaceBatch` batches: float images N x 3 x 112 x 112, int64 labels, int64
-        indices into :attr:`dataset`, bool flipped (``teacher_embedding`` is added on the main process
-        before the transfer to the device, see :meth:`add_teacher_embeddings`)."""
+        """:class:`~ekd.data.batch.FaceBatch` batches: uint8 images N x 3 x 112 x 112 as stored (float for
+        a dataset with a host transform), int64 labels, int64 indices into :attr:`dataset`, bool flipped
+        (``teacher_embedding`` is added on the main process before the transfer to the device, see
+        :meth:`add_teacher_embeddings`; after it :meth:`on_after_batch_transfer` mirrors and normalises)."""
         sampler = self.build_sampler()
         if self._pending_state is not None:
             sampler.load_state_dict(self._pending_state)
@@ -311,6 +312,10 @@ class FaceDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # before the device transfer: the look-up reads CPU memory maps and the result moves with the batch
         return self.add_teacher_embeddings(batch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # on the device: uint8 rows -> mirrored where flipped, normalised (ekd.data.batch.normalise_batch)
+        return batch.normalised() if isinstance(batch, FaceBatch) else batch
 
     # -- verification sets ---------------------------------------------------------------------------
 

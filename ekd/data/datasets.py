@@ -1,13 +1,19 @@
 """Face training datasets: insightface RecordIO folders and plain image folders, plus the packer.
 
-Both datasets yield ``(float tensor 3 x 112 x 112 normalised (x - 127.5) / 127.5, int label)`` and
-expose ``labels`` (numpy int64, known without decoding any image) and ``num_classes``; samplers build
-their batches from ``labels``.
+Both datasets yield ``(uint8 tensor 3 x 112 x 112 RGB as stored, int label)`` and expose ``labels``
+(numpy int64, known without decoding any image) and ``num_classes``; samplers build their batches from
+``labels``. An item is a decode and nothing else: flipping and the ``(x - 127.5) / 127.5`` normalisation
+run once per batch on the device (:func:`ekd.data.batch.normalise_batch`, BENCHMARKS.md "uint8 data
+path"), on a quarter of the bytes.
 
-A sample key is an index (random flip with probability 0.5 when ``flip``) or an ``(index, flip)`` pair
-whose flip decision is taken as given (the samplers' ``flip=True`` mode), so that the datamodule knows
-which image each batch row is (``FaceBatch.indices`` / ``flipped``, ``ekd/data/batch.py``): what the
-teacher embedding cache needs to look up the teacher's embedding of exactly the image the student sees.
+A sample key is an index or an ``(index, flip)`` pair (the samplers' ``flip=True`` mode). The flip is
+not applied here: ``IndexedDataset`` reports it in ``FaceBatch.flipped`` (drawing it for a plain index
+when ``flip``), so that the datamodule knows which image each batch row is (``FaceBatch.indices`` /
+``flipped``, ``ekd/data/batch.py``), what the teacher embedding cache needs to look up the teacher's
+embedding of exactly the image the student sees, and ``normalise_batch`` mirrors those rows.
+
+With a ``transform`` the host path of old is kept: the item is the float image, normalised, mirrored
+(a pair's flip, or a random one for a plain index when ``flip``) and then transformed.
 
 A RecordIO root holds ``train.rec``, ``train.idx`` and ``property`` ("num_classes,112,112"), as
 insightface's ``MXFaceDataset`` expects. :func:`pack_folder` writes exactly that from a folder with
@@ -77,11 +83,17 @@ def split_key(key: SampleKey, random_flip: bool) -> tuple[int, bool]:
     return int(key), bool(random_flip and torch.rand(()) < 0.5)
 
 
-def _finish_sample(image: torch.Tensor, flipped: bool, transform: Transform | None) -> torch.Tensor:
+def _finish_sample(
+    image: torch.Tensor, key: SampleKey, random_flip: bool, transform: Transform | None
+) -> torch.Tensor:
+    """The item of ``key``: the uint8 image as stored, or with ``transform`` the transformed float one."""
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         image = fit_to_size(image)
-    out = normalize(image, flip=flipped)
-    return transform(out) if transform is not None else out
+    if transform is None:
+        return image  # flip and normalisation run per batch on the device (normalise_batch)
+    # a user transform sees what it always saw: the normalised float image, mirrored as the key says
+    _, flipped = split_key(key, random_flip)
+    return transform(normalize(image, flip=flipped))
 
 
 class FaceRecordDataset(Dataset):
@@ -89,9 +101,10 @@ class FaceRecordDataset(Dataset):
 
     Args:
         root: folder with the three files.
-        transform: optional callable applied to the normalised float image (after the flip).
+        transform: optional callable applied on the host to the normalised float image (after the flip);
+            the item is then that float image (module docstring). None: uint8 items.
         flip: random horizontal flip with probability 0.5 (the only augmentation of the recipes) of
-            samples asked for by a plain index.
+            samples asked for by a plain index, drawn by ``IndexedDataset`` (or here with a transform).
 
     ``labels`` always equal the class labels in the image record headers. They come from the identity
     records of an insightface header when those ranges are sorted, disjoint and cover the image records
@@ -261,15 +274,14 @@ class FaceRecordDataset(Dataset):
         return decode_image(data, where), int(first_label(header))
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
-        index, flipped = split_key(key, self.flip)
+        index, _ = split_key(key, False)  # validates the key; the flip travels in FaceBatch.flipped
         image, label = self.read_uint8(index)
         if not 0 <= label < self.num_classes:
             raise DataError(
                 f"{self.reader.rec_path} record {int(self.keys[index])}: label {label} >= num_classes "
                 f"{self.num_classes}"
             )
-        out = _finish_sample(image, flipped, self.transform)
-        return out, label
+        return _finish_sample(image, key, self.flip, self.transform), label
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -323,10 +335,9 @@ class FaceFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
-        index, flipped = split_key(key, self.flip)
+        index, _ = split_key(key, False)  # validates the key; the flip travels in FaceBatch.flipped
         path, label = self.samples[index]
-        out = _finish_sample(load_image_file(path), flipped, self.transform)
-        return out, label
+        return _finish_sample(load_image_file(path), key, self.flip, self.transform), label
 
 
 def write_face_records(

@@ -24,9 +24,11 @@ user's own module; ``FaceDataModule(source="mine", root=..., source_options={...
             return MyFaces(self.root, flip=flip)
 
 The dataset a source builds must have ``labels`` (1-D int array, one label per sample, known without
-decoding images) and ``num_classes``, accept the sampler's keys (an index, or an ``(index, flip)`` pair
-whose flip it applies as given) and return ``(image, label)`` samples (images as in the Images
-contract of ARCHITECTURE.md).
+decoding images) and ``num_classes``, accept the sampler's keys (an index, or an ``(index, flip)`` pair)
+and return ``(image, label)`` samples: either a uint8 3 x 112 x 112 RGB image as stored, which
+``ekd.data.batch.normalise_batch`` mirrors (where the key says flip) and normalises per batch on the
+device (the fast path, what the built-in datasets do), or a float image already normalised as in the
+Images contract of ARCHITECTURE.md and mirrored as the key says.
 """
 
 from __future__ import annotations

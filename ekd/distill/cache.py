@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ekd.data.batch import normalise_batch
 from ekd.data.fingerprint import cache_unusable_reason, dataset_fingerprint
 from ekd.dist import shard_bounds
 
@@ -179,7 +180,8 @@ def fill_cache_shard(
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     done = 0
     for batch in loader:
-        images = batch[0].to(device, non_blocking=True)
+        # the training batches' device transform: the same normalised values the student's rows get
+        images = normalise_batch(batch[0].to(device, non_blocking=True))
         both = torch.cat([images, images.flip(-1)])  # eval-mode BN: rows do not interact
         if device.type == "cuda":
             both = both.contiguous(memory_format=torch.channels_last)
@@ -334,7 +336,7 @@ def _agree(failure: BaseException | None, what: str) -> None:
 
 @torch.no_grad()
 def _probe_dimension(teacher: nn.Module, dataset: Dataset, device: torch.device | str) -> int:
-    image = dataset[(0, False)][0].unsqueeze(0).to(device)
+    image = normalise_batch(dataset[(0, False)][0].unsqueeze(0).to(device))
     return int(teacher.to(device).eval()(image).shape[1])
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ekd import dist
-from ekd.data.batch import FaceBatch
+from ekd.data.batch import FaceBatch, normalise_batch
 
 if TYPE_CHECKING:
     from ekd.distill.cache import TeacherEmbeddingCache
@@ -41,7 +41,10 @@ CACHE_FORMAT = "ekd.prototypes/1"
 
 
 def _split_batch(batch: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, labels) from a loader batch: a FaceBatch, a (images, labels, ...) sequence or a mapping."""
+    """(images, labels) from a loader batch: a FaceBatch, a (images, labels, ...) sequence or a mapping.
+
+    uint8 images (as stored, a FaceBatch's mirrored where ``flipped``) are normalised by the caller.
+    """
     if isinstance(batch, FaceBatch):
         return batch.images, batch.labels
     if isinstance(batch, Mapping):
@@ -85,7 +88,8 @@ def compute_class_prototypes(
     """C x D prototypes (float32, on CPU) of ``teacher`` over ``loader``; see the module docstring.
 
     ``teacher`` must already be on ``device`` (images and labels are moved there) and map images to
-    N x D raw embeddings; labels must be integers in [0, num_classes).
+    N x D raw embeddings; labels must be integers in [0, num_classes). uint8 images (the datamodule's
+    batches) go through :func:`ekd.data.batch.normalise_batch` on ``device`` first, as in training.
     Raises ValueError naming the classes without any image.
     """
     if int(num_classes) < 1:
@@ -99,7 +103,9 @@ def compute_class_prototypes(
         for index, batch in enumerate(loader):
             images, labels = _split_batch(batch, index)
             labels = torch.as_tensor(labels).to(device).reshape(-1).long()
-            embeddings = teacher(images.to(device))
+            # uint8 rows: the training batches' device transform (mirrored where flipped, normalised)
+            flipped = batch.flipped if isinstance(batch, FaceBatch) else None
+            embeddings = teacher(normalise_batch(images.to(device), flipped))
             if embeddings.ndim != 2 or embeddings.shape[0] != labels.shape[0]:
                 raise ValueError(
                     f"prototypes: batch {index}: the teacher returned shape {tuple(embeddings.shape)} for "

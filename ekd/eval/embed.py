@@ -6,8 +6,16 @@ L2-normalised: e = normalise(f(x) + f(flip(x))). XNorm is the mean L2 norm of al
 (both views), the figure insightface logs next to each accuracy.
 
 A model is either a torch ``nn.Module`` (a ``FaceBackbone``; run under ``torch.no_grad``, in eval
-mode, with autocast and channels_last input on CUDA) or an ONNX model run by onnxruntime (an
-``InferenceSession`` or a path; input already normalised float32, named ``data``).
+mode, channels_last input on CUDA) or an ONNX model run by onnxruntime (an ``InferenceSession`` or a
+path; input already normalised float32, named ``data``).
+
+Precision (``precision``, Lightning's spellings): ``"32-true"`` (default, on every device) runs the
+module in fp32, as both reference IJB scripts (insightface's ``eval_ijbc.py``, TFace's
+``recognition/test/extract_features.py``) and both pair-set scripts do; ``"16-mixed"`` /
+``"bf16-mixed"`` run it under ``torch.autocast`` with fp16 / bf16 on the module's device (CPU
+included), only when asked: its effect on TPR at FPR 1e-4 ... 1e-6 is unmeasured (BENCHMARKS.md).
+A half-precision batch whose output is not finite is recomputed in fp32. ONNX models run in the
+precision they were exported in; ``precision`` does not apply to them.
 
 Under DDP (``shard=True``) each rank embeds one contiguous slice of the images (the first
 ``N % world`` ranks take one image more) and the slices are gathered in rank order with
@@ -27,6 +35,7 @@ import torch
 from torch import nn
 
 from ekd import dist
+from ekd.choices import EvalPrecision, parse_choice
 
 #: A batch function: normalised float images N x 3 x H x W -> raw embeddings N x D (float32).
 BatchEmbedder = Callable[[torch.Tensor], torch.Tensor]
@@ -44,6 +53,19 @@ class EmbeddingResult:
     raw: torch.Tensor
     embeddings: torch.Tensor
     xnorm: float
+
+
+#: autocast dtype of each evaluation precision (None: plain fp32, no autocast)
+AUTOCAST_DTYPES: dict[EvalPrecision, torch.dtype | None] = {
+    EvalPrecision.fp32: None,
+    EvalPrecision.fp16: torch.float16,
+    EvalPrecision.bf16: torch.bfloat16,
+}
+
+
+def parse_precision(precision: str | EvalPrecision, key: str = "precision") -> EvalPrecision:
+    """``precision`` as an :class:`~ekd.choices.EvalPrecision`; ValueError naming ``key`` and the choices."""
+    return parse_choice(EvalPrecision, precision, key, "precision")
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
@@ -85,17 +107,21 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 class TorchEmbedder:
-    """Runs a torch backbone on normalised batches: no_grad, autocast + channels_last on CUDA.
+    """Runs a torch backbone on normalised batches: no_grad, channels_last on CUDA, fp32 unless
+    ``precision`` asks for autocast (module docstring).
 
     A batch whose autocast output is not finite is recomputed in fp32. The module itself is left as
     it is (no memory-format or dtype change); the caller sets eval mode (``extract_embeddings`` does).
     """
 
-    def __init__(self, module: nn.Module, amp: bool = True, amp_dtype: torch.dtype = torch.float16) -> None:
+    def __init__(self, module: nn.Module, precision: str | EvalPrecision = EvalPrecision.fp32) -> None:
         self.module = module
         self.device = _module_device(module)
-        self.amp = amp and self.device.type == "cuda"
-        self.amp_dtype = amp_dtype
+        self.precision = parse_precision(precision)
+        dtype = AUTOCAST_DTYPES[self.precision]
+        # autocast only when asked, on whatever device the module is on
+        self.amp = dtype is not None
+        self.amp_dtype = dtype or torch.float16
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -170,10 +196,13 @@ class OnnxEmbedder:
         return result
 
 
-def as_embedder(model: nn.Module | BatchEmbedder | str | os.PathLike, amp: bool = True) -> BatchEmbedder:
-    """Wrap a torch module, an ONNX path or session, or pass a ready batch function through."""
+def as_embedder(
+    model: nn.Module | BatchEmbedder | str | os.PathLike, precision: str | EvalPrecision = EvalPrecision.fp32
+) -> BatchEmbedder:
+    """Wrap a torch module (run in ``precision``), an ONNX path or session, or pass a ready batch
+    function through."""
     if isinstance(model, nn.Module):
-        return TorchEmbedder(model, amp=amp)
+        return TorchEmbedder(model, precision=precision)
     if isinstance(model, (str, os.PathLike)):
         return OnnxEmbedder(model)
     onnxruntime = sys.modules.get("onnxruntime")  # a session exists only once onnxruntime is imported
@@ -190,17 +219,18 @@ def extract_embeddings(
     batch_size: int = 256,
     flip: bool = True,
     shard: bool = False,
-    amp: bool = True,
+    precision: str | EvalPrecision = EvalPrecision.fp32,
 ) -> EmbeddingResult:
     """Flip-summed, L2-normalised embeddings and XNorm of uint8 ``images`` (module docstring).
 
+    ``precision``: ``"32-true"`` (default), ``"16-mixed"`` or ``"bf16-mixed"`` for a torch module.
     ``shard=True`` must be called by every rank of the process group (it gathers); the result is
     the same on all ranks.
     """
     images = _check_images(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    embedder = as_embedder(model, amp=amp)
+    embedder = as_embedder(model, precision=precision)
     module = model if isinstance(model, nn.Module) else None
     start, end = (0, images.shape[0])
     if shard and dist.is_distributed():

@@ -8,8 +8,10 @@ and the other jobs of a sweep, still get their results.
 :func:`verification_records` turns those results into what results files store: per set
 ``VerificationResult.to_dict()`` (or ``{"accuracy": None, "error": "non-finite embeddings"}``) and a
 down-sampled ROC curve; :func:`evaluate_backbone` is the two in one call. :func:`evaluate_ijb_sets`
-does the same for IJB-B/C 1:1 (a torch backbone with non-finite weights gets the error entry without
-being run), :func:`measure_throughput` times inference (whatever the weights hold).
+does the same for IJB-B/C 1:1 under a named scoring protocol (a torch backbone with non-finite
+weights gets the error entry without being run), :func:`measure_throughput` times inference (whatever
+the weights hold). Embeddings are fp32 unless ``precision`` asks for autocast (``ekd.eval.embed``);
+:func:`protocol_record` is what ``results.json`` records of both (``eval_protocol``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ekd.choices import EvalPrecision, IJBProtocolName
 from ekd.eval import metrics
-from ekd.eval.embed import extract_embeddings
-from ekd.eval.ijb import evaluate_ijb
+from ekd.eval.embed import extract_embeddings, parse_precision
+from ekd.eval.ijb import IJBProtocol, evaluate_ijb, ijb_protocol
 from ekd.eval.verification import VerificationResult, verify
 
 #: name -> (uint8 images 2N x 3 x H x W, N issame labels)
@@ -58,18 +61,21 @@ def verify_sets(
     n_folds: int = 10,
     fprs: Iterable[float] = metrics.FPR_TARGETS,
     shard: bool = False,
+    precision: str | EvalPrecision = EvalPrecision.fp32,
 ) -> dict[str, VerificationResult | None]:
     """Embed every set with ``backbone`` and verify it; ``None`` (with a warning) for non-finite embeddings.
 
     ``backbone``: anything :func:`ekd.eval.extract_embeddings` accepts (nn.Module, ONNX path or
     session, batch embedder). ``sets`` is read one set at a time, so a lazy mapping keeps only one set
     in memory. ``shard=True`` embeds one slice per rank and gathers (every rank must call it; all get
-    the same results).
+    the same results). ``precision``: fp32 by default (:func:`ekd.eval.extract_embeddings`).
     """
     fprs = tuple(fprs)  # read once per set: an iterator would be exhausted after the first
     results: dict[str, VerificationResult | None] = {}
     for name, (images, issame) in sets.items():
-        embedded = extract_embeddings(backbone, images, batch_size=batch_size, flip=flip, shard=shard)
+        embedded = extract_embeddings(
+            backbone, images, batch_size=batch_size, flip=flip, shard=shard, precision=precision
+        )
         if not bool(embedded.embeddings.isfinite().all()):
             # a diverged network: recorded (and reported by ekd-table as a missing cell), not fatal
             warnings.warn(
@@ -113,13 +119,14 @@ def evaluate_backbone(
     flip: bool = True,
     *,
     n_folds: int = 10,
+    precision: str | EvalPrecision = EvalPrecision.fp32,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Verification metrics (``VerificationResult.to_dict()``) and down-sampled ROC curves per set.
 
     A set whose embeddings are non-finite gets ``{"accuracy": None, "error": "non-finite embeddings"}``
     (and a warning) rather than raising. See :func:`verify_sets` and :func:`verification_records`.
     """
-    results = verify_sets(backbone, sets, batch_size, flip=flip, n_folds=n_folds)
+    results = verify_sets(backbone, sets, batch_size, flip=flip, n_folds=n_folds, precision=precision)
     return verification_records(results, roc_points)
 
 
@@ -129,9 +136,13 @@ def evaluate_ijb_sets(
     names: Iterable[str],
     batch_size: int,
     roc_points: int | None = 200,
+    *,
+    protocol: str | IJBProtocolName | IJBProtocol = "insightface",
+    precision: str | EvalPrecision = EvalPrecision.fp32,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """IJB-B/C 1:1 template verification (:func:`ekd.eval.evaluate_ijb`) of ``backbone`` on each of
-    ``names`` under ``root``: (``IJBResult.to_dict()``, down-sampled ROC) per lower-cased set name.
+    """IJB-B/C 1:1 template verification (:func:`ekd.eval.evaluate_ijb`, scored by ``protocol``, embedded
+    in ``precision``) of ``backbone`` on each of ``names`` under ``root``: (``IJBResult.to_dict()``,
+    down-sampled ROC) per lower-cased set name.
 
     A torch ``backbone`` whose weights are not finite (a diverged run) gets the error entry of
     :func:`result_record` for every set, with a warning, instead of an exception from the scoring.
@@ -145,7 +156,9 @@ def evaluate_ijb_sets(
             warnings.warn(f"IJB set {name}: the backbone has non-finite weights; not evaluated", stacklevel=2)
             records[str(name).lower()] = result_record(None)
             continue
-        result = evaluate_ijb(backbone, root, name=str(name), batch_size=batch_size)
+        result = evaluate_ijb(
+            backbone, root, name=str(name), batch_size=batch_size, protocol=protocol, precision=precision
+        )
         key = str(name).lower()  # results files name every set in lower case ("ijbc", "lfw")
         records[key] = result.to_dict()
         rocs[key] = metrics.downsample_roc(result.roc_fpr, result.roc_tpr, roc_points)
@@ -212,15 +225,49 @@ def evaluate_trained(
     roc_points: int | None = 200,
     ijb_root: str | None = None,
     ijb_sets: Iterable[str] = (),
+    *,
+    ijb_protocol: str | IJBProtocolName | IJBProtocol = "insightface",
+    precision: str | EvalPrecision = EvalPrecision.fp32,
 ) -> tuple[dict[str, dict], dict[str, dict], float | None]:
     """The final evaluation of a trained backbone (what ``ekd-train`` records): the pair-verification
-    ``sets`` and, with ``ijb_root``, IJB-B/C 1:1 on ``ijb_sets``. Returns (metrics per set, ROC curves
-    per set, the mean accuracy over the pair-verification sets that have one, or None)."""
-    metrics, rocs = evaluate_backbone(backbone, sets, batch_size, roc_points)
+    ``sets`` and, with ``ijb_root``, IJB-B/C 1:1 on ``ijb_sets`` scored by ``ijb_protocol``; all
+    embedded in ``precision``. Returns (metrics per set, ROC curves per set, the mean accuracy over the
+    pair-verification sets that have one, or None)."""
+    metrics, rocs = evaluate_backbone(backbone, sets, batch_size, roc_points, precision=precision)
     if ijb_root:
-        ijb_metrics, ijb_rocs = evaluate_ijb_sets(backbone, ijb_root, ijb_sets, batch_size, roc_points)
+        ijb_metrics, ijb_rocs = evaluate_ijb_sets(
+            backbone, ijb_root, ijb_sets, batch_size, roc_points, protocol=ijb_protocol, precision=precision
+        )
         metrics.update(ijb_metrics)
         rocs.update(ijb_rocs)
     # IJB entries have no accuracy; a diverged set has accuracy None
     accuracies = [m["accuracy"] for m in metrics.values() if m.get("accuracy") is not None]
     return metrics, rocs, (sum(accuracies) / len(accuracies) if accuracies else None)
+
+
+def config_ijb_protocol(ev: Any) -> IJBProtocol:
+    """The IJB protocol of an ``eval`` config section: ``ijb_protocol`` with the ``ijb_flip``,
+    ``ijb_norm_score`` and ``ijb_detector_score`` that are set (null: the preset's)."""
+    return ijb_protocol(
+        ev.ijb_protocol,
+        flip_mode=ev.ijb_flip,
+        norm_score=ev.ijb_norm_score,
+        detector_score=ev.ijb_detector_score,
+    )
+
+
+def protocol_record(
+    precision: str | EvalPrecision,
+    ijb: IJBProtocol | None = None,
+    *,
+    flip: bool = True,
+    n_folds: int = 10,
+    rule: str = "nearest",
+) -> dict[str, Any]:
+    """``results.json``'s ``eval_protocol``: the embedding precision, the pair-set protocol (flip sum
+    or not, folds) and the IJB protocol with its TPR reading (None when IJB was not evaluated)."""
+    return {
+        "precision": parse_precision(precision).value,
+        "pair_sets": {"flip": "sum" if flip else "none", "n_folds": n_folds},
+        "ijb": None if ijb is None else {**ijb.to_dict(), "tpr_rule": rule},
+    }

@@ -1,4 +1,4 @@
-"""IJB-B / IJB-C 1:1 template verification, following insightface's ``ijb_11.py`` / ``eval_ijbc.py``.
+"""IJB-B / IJB-C 1:1 template verification under a named scoring protocol (insightface's or TFace's).
 
 Layout under ``<root>/<NAME>`` (NAME = IJBC or IJBB, file prefix ``ijbc_`` / ``ijbb_``)::
 
@@ -7,18 +7,41 @@ Layout under ``<root>/<NAME>`` (NAME = IJBC or IJBB, file prefix ``ijbc_`` / ``i
     meta/ijbc_name_5pts_score.txt     "<image name> x1 y1 ... x5 y5 <detection score>" per image
     loose_crop/<image name>           the loosely cropped images (JPEG)
 
-Pipeline (defaults reproduce insightface's reported setting F2 + N1 + D1):
+Pipeline (an :class:`IJBProtocol` sets steps 2 and 3; docs/methods.md has the references):
 
 1. Alignment: the similarity transform (Umeyama 1991, least squares, no reflection) mapping the five
    landmarks onto the ArcFace 112 x 112 template ``ARCFACE_TEMPLATE``; bilinear warp with black
-   border (cv2.warpAffine semantics: integer pixel coordinates are pixel centres).
-2. Embedding of the image and its mirror; the two raw embeddings are summed (``flip``).
-3. ``norm_score``: keep the raw norm (N1; False normalises each image feature first);
+   border (cv2.warpAffine semantics: integer pixel coordinates are pixel centres). Both reference
+   scripts align this way (TFace: ``recognition/test/datasets.py``, ``crop_transform``).
+2. Embedding (fp32 unless ``precision`` says otherwise) of the image, a = f(x), and of its mirror,
+   b = f(flip x); the image feature by ``flip_mode`` (:func:`fuse_views`):
+   ``sum`` a + b (insightface's F2), ``plain`` a only (the mirror is not embedded; with
+   ``norm_score`` off this is TFace's a/|a|), ``sum_normalised`` a/|a| + b/|b|, ``concat_normalised``
+   [a/|a|, b/|b|].
+3. ``norm_score``: keep the feature's norm (N1; False L2-normalises each image feature first);
    ``detector_score``: multiply by the detection score (D1).
 4. Images of the same media (video) inside a template are averaged; the template feature is the sum
    of its media features, then L2-normalised.
 5. Score of a template pair = cosine similarity; TPR at FPR 1e-6 ... 1e-1 from the ROC over all
-   pairs (default ``rule="nearest"`` as insightface reads its tables; see ``ekd.eval.metrics``).
+   pairs (default ``rule="nearest"``, as both reference scripts read their tables; see
+   ``ekd.eval.metrics``). A target FPR below 1 / impostor pairs is NaN (null in JSON), where the
+   reference scripts print the TPR of the nearest ROC point (FPR 0).
+
+Presets (:data:`IJB_PROTOCOLS`):
+
+============  =================  ==========  ==============  ==============================================
+protocol      flip_mode          norm_score  detector_score  reference
+============  =================  ==========  ==============  ==============================================
+insightface   sum                True        True            insightface ``recognition/arcface_torch/
+                                                             eval_ijbc.py`` (F2 + N1 + D1)
+tface         plain              False       False           TFace ``recognition/test/extract_features.py``
+                                                             + ``recognition/test/IJB_Evaluation.py``
+============  =================  ==========  ==============  ==============================================
+
+TFace's ``extract_features.py`` stores [a/|a|, b/|b|] per image, but ``IJB_Evaluation.py`` ships with
+``use_flip_test = False`` and scores only the first half, a/|a|: the mirror is embedded and then not
+used, hence ``plain``. Its other branches are ``sum_normalised`` (``use_flip_test = True``) and
+``concat_normalised`` (its commented-out F1 line).
 """
 
 from __future__ import annotations
@@ -34,8 +57,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ekd.choices import EvalPrecision, FlipMode, IJBProtocolName, parse_choice
 from ekd.eval import metrics
-from ekd.eval.embed import BatchEmbedder, as_embedder, extract_embeddings
+from ekd.eval.embed import BatchEmbedder, as_embedder, extract_embeddings, parse_precision
 
 #: Five landmarks (left eye, right eye, nose tip, left and right mouth corners) of the ArcFace crop.
 ARCFACE_TEMPLATE: np.ndarray = np.array(
@@ -268,6 +292,95 @@ class AlignedFaces(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
+# scoring protocols
+
+
+@dataclass(frozen=True)
+class IJBProtocol:
+    """How per-view embeddings become pair scores (module docstring, steps 2 and 3).
+
+    ``preset`` names the protocol of :data:`IJB_PROTOCOLS` it starts from; the three settings may
+    depart from it, and :attr:`label` says which did.
+    """
+
+    preset: str
+    flip_mode: FlipMode
+    norm_score: bool
+    detector_score: bool
+
+    @property
+    def label(self) -> str:
+        """``tface``, or ``tface (detector_score=on)`` when settings depart from the preset."""
+        base = IJB_PROTOCOLS.get(self.preset)
+        changes = []
+        for key in ("flip_mode", "norm_score", "detector_score"):
+            value = getattr(self, key)
+            if base is None or value != getattr(base, key):
+                shown = ("on" if value else "off") if isinstance(value, bool) else FlipMode(value).value
+                changes.append(f"{key}={shown}")
+        return f"{self.preset} ({', '.join(changes)})" if changes else self.preset
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready record: preset, the three settings and the label."""
+        return {
+            "preset": self.preset,
+            "flip_mode": FlipMode(self.flip_mode).value,
+            "norm_score": bool(self.norm_score),
+            "detector_score": bool(self.detector_score),
+            "label": self.label,
+        }
+
+
+#: The named protocols: insightface's ``eval_ijbc.py`` and TFace's ``recognition/test`` scripts.
+IJB_PROTOCOLS: dict[str, IJBProtocol] = {
+    "insightface": IJBProtocol("insightface", FlipMode.sum, norm_score=True, detector_score=True),
+    "tface": IJBProtocol("tface", FlipMode.plain, norm_score=False, detector_score=False),
+}
+
+
+def ijb_protocol(
+    protocol: str | IJBProtocolName | IJBProtocol = "insightface",
+    *,
+    flip_mode: str | FlipMode | None = None,
+    norm_score: bool | None = None,
+    detector_score: bool | None = None,
+) -> IJBProtocol:
+    """The named protocol (or a given one) with the settings that are not None replacing its own."""
+    if isinstance(protocol, IJBProtocol):
+        base = protocol
+    else:
+        base = IJB_PROTOCOLS[parse_choice(IJBProtocolName, protocol, "IJB protocol", "protocol").value]
+    return IJBProtocol(
+        preset=base.preset,
+        flip_mode=base.flip_mode if flip_mode is None else parse_choice(FlipMode, flip_mode, "flip_mode"),
+        norm_score=base.norm_score if norm_score is None else bool(norm_score),
+        detector_score=base.detector_score if detector_score is None else bool(detector_score),
+    )
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def fuse_views(plain: np.ndarray, flipped: np.ndarray | None, flip_mode: str | FlipMode) -> np.ndarray:
+    """Per-image features (float64) from the raw embeddings of the images and of their mirrors."""
+    mode = parse_choice(FlipMode, flip_mode, "flip_mode")
+    if mode == FlipMode.plain:
+        return np.asarray(plain, dtype=np.float64)
+    if flipped is None:
+        raise ValueError(f"flip_mode={mode.value} needs the embeddings of the mirrored images")
+    if mode == FlipMode.sum:
+        # added in float32 before widening, as insightface adds its float32 feature halves
+        total = np.asarray(plain, dtype=np.float32) + np.asarray(flipped, dtype=np.float32)
+        return total.astype(np.float64)
+    a = _unit_rows(np.asarray(plain, dtype=np.float64))
+    b = _unit_rows(np.asarray(flipped, dtype=np.float64))
+    return a + b if mode == FlipMode.sum_normalised else np.concatenate([a, b], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
 # templates and scores
 
 
@@ -323,6 +436,8 @@ class IJBResult:
     num_positives: int
     num_negatives: int
     rule: str
+    protocol: IJBProtocol = field(default_factory=lambda: IJB_PROTOCOLS["insightface"])
+    precision: str = EvalPrecision.fp32.value
     scores: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     roc_fpr: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     roc_tpr: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
@@ -342,13 +457,21 @@ class IJBResult:
             "num_positives": self.num_positives,
             "num_negatives": self.num_negatives,
             "tpr_rule": self.rule,
+            "protocol": self.protocol.to_dict(),
+            "precision": self.precision,
         }
+
+    @property
+    def unresolvable(self) -> list[float]:
+        """Target FPRs the pairs cannot resolve (target x impostor pairs < 1): NaN in ``tpr_at_fpr``."""
+        return [fpr for fpr, tpr in self.tpr_at_fpr.items() if math.isnan(tpr)]
 
 
 def ijb_scores_from_features(
     meta: IJBMeta, raw_features: np.ndarray, norm_score: bool = True, detector_score: bool = True
 ) -> tuple[np.ndarray, int]:
-    """Pair scores from per-image (flip-summed, raw) features; also returns the template count."""
+    """Pair scores from per-image features (after :func:`fuse_views`), weighted as ``norm_score`` /
+    ``detector_score`` say (module docstring, step 3); also returns the template count."""
     feats = np.asarray(raw_features, dtype=np.float64)
     if feats.shape[0] != len(meta.image_names):
         raise ValueError(f"{feats.shape[0]} image features for {len(meta.image_names)} images of {meta.name}")
@@ -368,22 +491,39 @@ def evaluate_ijb(
     name: str = "IJBC",
     batch_size: int = 256,
     num_workers: int = 0,
-    flip: bool = True,
-    norm_score: bool = True,
-    detector_score: bool = True,
+    protocol: str | IJBProtocolName | IJBProtocol = "insightface",
     fprs: Iterable[float] = metrics.FPR_TARGETS,
     rule: str = "nearest",
+    precision: str | EvalPrecision = EvalPrecision.fp32,
 ) -> IJBResult:
-    """Run the IJB-B/C 1:1 protocol (module docstring) with ``model`` on the set under ``root``."""
+    """Run the IJB-B/C 1:1 protocol (module docstring) with ``model`` on the set under ``root``.
+
+    ``protocol``: a preset name (``"insightface"``, ``"tface"``) or an :class:`IJBProtocol`
+    (:func:`ijb_protocol` builds one with settings of its own); ``precision``: that of
+    :func:`ekd.eval.extract_embeddings` (fp32 by default).
+    """
+    protocol = ijb_protocol(protocol)
+    precision = parse_precision(precision)
     meta = read_ijb_meta(root, name)
     loader = DataLoader(AlignedFaces(meta), batch_size=batch_size, num_workers=num_workers, shuffle=False)
     # build an ONNX session once, not per batch; a torch module stays a module (eval-mode handling)
     runner = model if isinstance(model, torch.nn.Module) else as_embedder(model)
-    raw_parts = []
+    mirrored = protocol.flip_mode != FlipMode.plain  # "plain" never looks at the mirror: not embedded
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return extract_embeddings(runner, images, batch_size=batch_size, flip=False, precision=precision).raw
+
+    plain_parts, flip_parts = [], []
     for images in loader:
-        raw_parts.append(extract_embeddings(runner, images, batch_size=batch_size, flip=flip).raw)
-    raw = torch.cat(raw_parts).numpy()
-    scores, num_templates = ijb_scores_from_features(meta, raw, norm_score, detector_score)
+        plain_parts.append(embed(images))
+        if mirrored:
+            flip_parts.append(embed(torch.flip(images, dims=[3])))
+    plain = torch.cat(plain_parts).numpy()
+    flipped_raw = torch.cat(flip_parts).numpy() if mirrored else None
+    features = fuse_views(plain, flipped_raw, protocol.flip_mode)
+    scores, num_templates = ijb_scores_from_features(
+        meta, features, norm_score=protocol.norm_score, detector_score=protocol.detector_score
+    )
     labels = meta.pair_labels
     roc = metrics.roc_curve(labels, scores)
     return IJBResult(
@@ -397,6 +537,8 @@ def evaluate_ijb(
         num_positives=int(labels.sum()),
         num_negatives=int(labels.size - labels.sum()),
         rule=rule,
+        protocol=protocol,
+        precision=precision.value,
         scores=scores,
         roc_fpr=roc.fpr,
         roc_tpr=roc.tpr,

@@ -384,6 +384,8 @@ class RecognitionModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         face = as_face_batch(batch)  # the batch contract (ekd/data/batch.py): FaceBatch or (images, labels)
+        # uint8 rows from a loader without FaceDataModule's device transform; a no-op on float images
+        face = face.normalised()
         images, labels = self._check_batch((face.images, face.labels))
         images = self._prepare_images(images)
         if self.hparams.nonfinite == "skip":

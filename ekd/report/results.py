@@ -29,6 +29,12 @@ metrics              ``{set: {"accuracy", "accuracy_std", "tpr_at_fpr": {"1e-4":
                      "num_pairs", ...}}`` per verification set (IJB sets: TPR@FPR only); a set whose
                      embeddings were not finite has ``{"accuracy": null, "error": "..."}``
 mean_accuracy        mean accuracy over the pair-verification sets (null when none has one)
+eval_protocol        how ``metrics`` were computed (``ekd.eval.protocol_record``): ``{"precision":
+                     "32-true" | "16-mixed" | "bf16-mixed", "pair_sets": {"flip": "sum" | "none",
+                     "n_folds"}, "ijb": null (IJB not evaluated) or {"preset": "insightface" | "tface",
+                     "flip_mode", "norm_score", "detector_score", "label", "tpr_rule"}}``; null in files
+                     written before ekd recorded it (their IJB sets used the insightface protocol, their
+                     embeddings fp16 autocast on CUDA)
 roc                  ``{set: {"fpr": [...], "tpr": [...]}}`` down-sampled ROC curves, for plots
 params, macs         parameters and multiply-accumulates (112 x 112) of the trained backbone
 throughput           ``{"images_per_s", "batch_size", "iterations", "device", "threads"}`` or null
@@ -96,6 +102,7 @@ class RunResults:
     experiment: str | None = None
     sweep: str | None = None
     mean_accuracy: float | None = None
+    eval_protocol: dict[str, Any] | None = None
     roc: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     params: int | None = None
     macs: int | None = None
@@ -129,7 +136,13 @@ class RunResults:
         """A copy of this record as that of a run that raised ``exc`` at global step ``step``: status
         ``"failed"``, ``error_record(exc, step)``, no metrics, ROC curves or mean accuracy."""
         return dataclasses.replace(
-            self, status=FAILED, error=error_record(exc, step), metrics={}, roc={}, mean_accuracy=None
+            self,
+            status=FAILED,
+            error=error_record(exc, step),
+            metrics={},
+            roc={},
+            mean_accuracy=None,
+            eval_protocol=None,
         )
 
     @classmethod

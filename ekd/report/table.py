@@ -16,6 +16,10 @@ teacher; ``Paper dAvg`` is the paper's average gain of the method over its no-KD
 for the direction and size of the effect when the columns themselves are not comparable (synthetic
 data, another student).
 
+IJB cells are only comparable when scored alike: the caption names the IJB protocol (and embedding
+precision) the runs recorded in ``eval_protocol`` (docs/methods.md), and a note says so when the runs
+of one table used different ones.
+
 Runs whose fit failed (``status: "failed"`` in results.json) contribute no values: each row counts
 them (``Runs`` is ``2 (+1 failed)``), a row whose runs all failed still appears without values, and
 the failed runs are listed under the table with their folder and the exception.
@@ -184,6 +188,8 @@ class ComparisonTable:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    # IJB protocol (+ precision) of the runs with IJB values, as :func:`ijb_protocol_label` names them
+    ijb_protocols: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -241,6 +247,26 @@ def _columns(results: Sequence[RunResults], metric: str) -> list[Column]:
     return columns
 
 
+def ijb_protocol_label(result: RunResults) -> str:
+    """How a run scored IJB, for captions: ``tface, 32-true``; ``not recorded`` for files written
+    before ekd recorded it (``eval_protocol`` null: the insightface protocol then)."""
+    record = result.eval_protocol or {}
+    ijb = record.get("ijb") or {}
+    label = ijb.get("label") or ijb.get("preset")
+    if not label:
+        return "not recorded"
+    precision = record.get("precision")
+    return f"{label}, {precision}" if precision else str(label)
+
+
+def ijb_caption(table: ComparisonTable) -> str | None:
+    """The caption sentence of a table with IJB columns (None without them)."""
+    if not any(not column.in_average for column in table.columns):
+        return None
+    protocols = " / ".join(table.ijb_protocols) or "not recorded"
+    return f"IJB columns: TPR (%) at the FPR named, IJB-B/C 1:1 protocol {protocols} (docs/methods.md)."
+
+
 def _set_metrics(result: RunResults, set_key: str) -> Mapping[str, Any] | None:
     for name, values in result.metrics.items():
         if _normalise_set(name) == set_key or _ijb_key(name) == set_key:
@@ -272,6 +298,8 @@ def _build_table(
     students = {r.student for r in results if r.method != TEACHER}
     notes: list[str] = []
     rows: dict[tuple[str, str], Row] = {}
+    ijb_keys = {c.set_key for c in columns if not c.in_average}
+    ijb_protocols: dict[str, None] = {}  # insertion-ordered set
     for result in results:
         key = (result.student, result.method)
         if key not in rows:
@@ -294,6 +322,8 @@ def _build_table(
             notes.append(f"{row.label}: seed {result.seed} appears in more than one run; all are averaged")
         row.seeds.append(result.seed)
         row.runs.append(result.path or "")
+        if any(_set_metrics(result, key) is not None for key in ijb_keys):
+            ijb_protocols.setdefault(ijb_protocol_label(result), None)
         run_values = []
         for column in columns:
             set_metrics = _set_metrics(result, column.set_key)
@@ -314,11 +344,23 @@ def _build_table(
         if any(n != row.n for n in cells_n.values()):
             notes.append(f"{row.label}: some sets are missing from some runs ({cells_n} of {row.n} runs)")
 
+    if len(ijb_protocols) > 1:
+        notes.append(
+            f"the runs scored IJB with different protocols ({'; '.join(ijb_protocols)}): "
+            "their IJB cells are not comparable"
+        )
     ordered = sorted(rows.values(), key=_order_key)
     _fill_deltas(ordered, notes)
     if metric == "accuracy":
         _fill_paper(ordered, columns, paper)
-    return ComparisonTable(dataset=dataset, metric=metric, columns=columns, rows=ordered, notes=notes)
+    return ComparisonTable(
+        dataset=dataset,
+        metric=metric,
+        columns=columns,
+        rows=ordered,
+        notes=notes,
+        ijb_protocols=list(ijb_protocols),
+    )
 
 
 def _fill_deltas(rows: list[Row], notes: list[str]) -> None:
@@ -426,6 +468,9 @@ def to_markdown(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
             "[the EKD paper's Table 2, MobileFaceNet student / ResNet50 teacher on MS1MV2]. "
             "Paper ΔAvg: the paper's 5-benchmark average of the method minus that of its no-KD student.",
         ]
+        caption = ijb_caption(table)
+        if caption:
+            lines[-1] += " " + caption
         lines += [f"- note: {note}" for note in table.notes]
         if table.failures:
             lines += ["", f"Failed runs ({len(table.failures)}, no values in the table):"]
@@ -507,8 +552,10 @@ def to_latex(tables: ComparisonTable | Sequence[ComparisonTable]) -> str:
     parts = []
     for table in tables:
         labels = table.labels
+        caption = ijb_caption(table)
         lines = [
             f"% {_title(table)}; cells: mean $\\pm$ sample std over runs, (delta to no-KD), [paper]",
+            *([f"% {caption}"] if caption else []),
             "\\begin{tabular}{l r " + " ".join("c" for _ in labels) + "}",
             "\\toprule",
             " & ".join(["Method", "Runs", *(_latex_escape(label) for label in labels)]) + " \\\\",

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,3 +232,67 @@ def test_help_shows_an_example():
 
     help_text = build_parser().format_help()
     assert "examples:" in help_text and "ekd-eval runs/ekd/checkpoints/last.ckpt --data-root" in help_text
+
+
+def test_ijb_protocols_and_precision_through_the_cli(setup, tmp_path, capsys):
+    """--protocol tface scores as TFace's scripts do (restated in tests/eval/test_ijb.py, here on the
+    embeddings of the network run directly); each setting on its own; fp32 unless asked; unresolvable
+    TPRs are '—' with a footnote and null in the file."""
+    from ekd.eval.ijb import AlignedFaces, read_ijb_meta
+    from tests.eval.test_ijb import MINI, PAIRS, _reference_scores, _write_miniature
+
+    root, _, model = setup
+    _write_miniature(tmp_path / "ijb", two_sided=True)
+    argv = [str(root / "backbone.pth"), *BACKBONE_ARGS, "--ijb", str(tmp_path / "ijb"), "--ijb-name", "IJBC"]
+    assert main([*argv, "--protocol", "tface", "--output", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "tface protocol" in printed and "32-true" in printed
+    assert "—" in printed and "fewer than 1/FPR impostor pairs" in printed
+    results = json.loads((tmp_path / "a" / "eval_results.json").read_text())
+    assert results["eval_protocol"] == {
+        "precision": "32-true",
+        "pair_sets": {"flip": "sum", "n_folds": 10},
+        "ijb": {
+            "preset": "tface",
+            "flip_mode": "plain",
+            "norm_score": False,
+            "detector_score": False,
+            "label": "tface",
+            "tpr_rule": "nearest",
+        },
+    }
+    # 4 impostor pairs resolve none of 1e-1 ... 1e-6: all null (the scripts would print numbers)
+    assert set(results["ijb"]["tpr_at_fpr"].values()) == {None}
+
+    # the network run directly (fp32) on the aligned crops, then TFace's arithmetic and the full ROC
+    meta = read_ijb_meta(tmp_path / "ijb", "IJBC")
+    crops = torch.stack([AlignedFaces(meta)[i] for i in range(len(MINI))]).float()
+    with torch.no_grad():
+        plain = model((crops - 127.5) / 127.5).double().numpy()
+        flipped = model((crops.flip(3) - 127.5) / 127.5).double().numpy()
+    expected = _reference_scores(plain, flipped, "tface", False, False, False)
+    labels = np.array([p[2] for p in PAIRS])
+    order = np.argsort(-expected)
+    assert np.diff(expected[order]).min() < -1e-4  # no near-ties: the ranking is that of the scores
+    fps = np.r_[0, np.cumsum(labels[order] == 0)]
+    tps = np.r_[0, np.cumsum(labels[order] == 1)]
+    assert results["roc"]["IJBC"] == {"fpr": (fps / 4).tolist(), "tpr": (tps / 2).tolist()}
+    assert results["ijb"]["auc"] == pytest.approx(_auc(labels, expected), abs=1e-12)
+
+    overrides = ["--flip-mode", "concat_normalised", "--detector-score", "--precision", "bf16-mixed"]
+    assert main([*argv, "--protocol", "tface", *overrides, "--output", str(tmp_path / "b")]) == 0
+    record = json.loads((tmp_path / "b" / "eval_results.json").read_text())
+    assert record["eval_protocol"]["precision"] == "bf16-mixed" and record["ijb"]["precision"] == "bf16-mixed"
+    assert record["eval_protocol"]["ijb"]["label"] == "tface (flip_mode=concat_normalised, detector_score=on)"
+    assert record["ijb"]["protocol"]["label"] == record["eval_protocol"]["ijb"]["label"]
+    with pytest.raises(
+        SystemExit, match="--no-flip embeds the image only, which contradicts --flip-mode sum"
+    ):
+        main([*argv, "--no-flip", "--flip-mode", "sum"])
+
+
+def _auc(labels, scores):
+    """P(genuine score > impostor score) + half the ties (Mann-Whitney), by counting pairs."""
+    genuine, impostor = scores[labels == 1], scores[labels == 0]
+    wins = sum((g > i) + 0.5 * (g == i) for g in genuine for i in impostor)
+    return wins / (len(genuine) * len(impostor))

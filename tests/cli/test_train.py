@@ -81,6 +81,12 @@ def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
     for values in on_disk.metrics.values():
         assert 0.0 <= values["accuracy"] <= 1.0 and values["num_pairs"] == 20
     assert on_disk.global_step == 2
+    # fp32 embeddings, the flip-sum 10-fold protocol, no IJB root: no IJB protocol
+    assert on_disk.eval_protocol == {
+        "precision": "32-true",
+        "pair_sets": {"flip": "sum", "n_folds": 10},
+        "ijb": None,
+    }
     assert len(on_disk.roc["synth_pose"]["fpr"]) <= 10
     assert on_disk.throughput["images_per_s"] > 0 and on_disk.wall_time_s > 0
     # parameters of a freshly built student, counted here independently
@@ -96,6 +102,28 @@ def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
     resolved = (out / "config.yaml").read_text()
     assert "${" not in resolved and "recognition_rows: null" in resolved
     assert results.mean_accuracy == pytest.approx(sum(v["accuracy"] for v in on_disk.metrics.values()) / 3)
+
+
+def test_ijb_protocol_and_precision_reach_results_json(data_root, tmp_path):
+    from tests.eval.test_ijb import _write_miniature
+
+    _write_miniature(tmp_path / "ijb")
+    overrides = [f"eval.ijb_root={tmp_path / 'ijb'}", "eval.ijb_sets=[IJBC]", "eval.ijb_protocol=tface"]
+    overrides += ["eval.ijb_detector_score=true", "eval.precision=bf16-mixed", "benchmark.enabled=false"]
+    run(_tiny(data_root, *STUDENT, *overrides), tmp_path / "run")
+    on_disk = load_results(tmp_path / "run")
+    assert on_disk.eval_protocol["precision"] == "bf16-mixed"
+    assert on_disk.eval_protocol["ijb"] == {
+        "preset": "tface",
+        "flip_mode": "plain",
+        "norm_score": False,
+        "detector_score": True,
+        "label": "tface (detector_score=on)",
+        "tpr_rule": "nearest",
+    }
+    ijbc = on_disk.metrics["ijbc"]
+    assert ijbc["protocol"]["label"] == "tface (detector_score=on)" and ijbc["precision"] == "bf16-mixed"
+    assert ijbc["num_pairs"] == 6 and ijbc["tpr_at_fpr"]["1e-6"] is None
 
 
 def test_a_finished_run_directory_is_never_overwritten(teacher_run, data_root):
@@ -125,6 +153,8 @@ def test_config_errors_name_the_key(data_root, tmp_path):
         run(_compose("data=ms1mv2"), tmp_path / "c")
     with pytest.raises(ConfigError, match=r"trainer\.max_epoch \(not a key of TrainerConfig"):
         run(_tiny(data_root, "+trainer.max_epoch=3"), tmp_path / "d")
+    with pytest.raises(ConfigError, match=r"eval\.precision: unknown precision '16'"):
+        run(_tiny(data_root, "eval.precision=16"), tmp_path / "e")
     assert not (tmp_path / "a" / "results.json").exists()
 
 

@@ -101,6 +101,11 @@ def test_experiment_composes(scale, student, row):
         assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 5e-4)
         assert list(cfg.schedule.milestones) == [10, 18, 22] and cfg.trainer.max_epochs == 26
         assert cfg.trainer.precision == "32-true" and cfg.data.flip
+        # the paper's IJB columns: TFace's scoring (docs/methods.md)
+        assert cfg.eval.ijb_protocol.value == "tface"
+    else:
+        assert cfg.eval.ijb_protocol.value == "insightface"
+    assert cfg.eval.precision == "32-true"
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -134,6 +139,8 @@ def test_launchers_and_hparams_search_compose():
         ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
         ("distill=ekdd", "Could not find 'distill/ekdd'"),
         ("head.kwargs.scale=3", "Could not override 'head.kwargs.scale'"),
+        ("eval.ijb_protocol=arcface", "Invalid value 'arcface', expected one of [insightface, tface]"),
+        ("eval.ijb_flip=concat", "expected one of [sum, plain, sum_normalised, concat_normalised]"),
     ],
 )
 def test_command_line_typos_fail_clearly(override, expected):
@@ -230,3 +237,20 @@ def test_keys_appended_with_plus_are_checked_against_the_schema():
         validate_config(cfg)
     # free-form mappings (backbone options) are checked by the backbone factory, not here
     validate_config(_compose("+student.kwargs.dropout=0.1"))
+
+
+def test_eval_protocol_settings_and_precision_are_checked():
+    from ekd.config import ConfigError, check_config
+    from ekd.eval import config_ijb_protocol
+
+    cfg = _compose("experiment=synthetic/student", "distill=none", "eval.ijb_protocol=tface")
+    assert config_ijb_protocol(cfg.eval).label == "tface"
+    cfg = _compose("eval.ijb_detector_score=true", "eval.ijb_flip=sum")
+    assert config_ijb_protocol(cfg.eval).label == "insightface"  # the preset's own values
+    cfg = _compose("eval.ijb_protocol=tface", "eval.ijb_norm_score=true", "eval.ijb_flip=concat_normalised")
+    assert config_ijb_protocol(cfg.eval).label == "tface (flip_mode=concat_normalised, norm_score=on)"
+    check_config(_compose("eval.precision=bf16-mixed"))
+    with pytest.raises(
+        ConfigError, match=r"eval\.precision: unknown precision 'fp16'; expected one of 32-true"
+    ):
+        check_config(_compose("eval.precision=fp16"))

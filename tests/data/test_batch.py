@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ekd.data.batch import FaceBatch, IndexedDataset, as_face_batch, collate_face_batch
+from ekd.data.batch import FaceBatch, IndexedDataset, as_face_batch, collate_face_batch, normalise_batch
 
 
 def test_face_batch_from_a_tuple_or_a_list():
@@ -85,3 +85,40 @@ def test_pin_memory_pins_every_tensor():
     )
     pinned = batch.pin_memory()
     assert pinned.images.is_pinned() and pinned.flipped.is_pinned() and pinned.teacher_embedding is None
+
+
+def test_normalise_batch_mirrors_flipped_rows_and_leaves_float_alone():
+    values = torch.arange(256, dtype=torch.uint8)
+    images = torch.stack([values.roll(k).view(1, 16, 16).expand(3, 16, 16) for k in range(3)])
+    flipped = torch.tensor([False, True, False])
+    out = normalise_batch(images, flipped)
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    # independently: the float32 value of each byte, (x - 127.5) / 127.5, with the flipped row mirrored
+    table = [(float(v) - 127.5) / 127.5 for v in range(256)]
+    for row in range(3):
+        source = images[row].flip(-1) if flipped[row] else images[row]
+        expected = torch.tensor([table[int(v)] for v in source.flatten()], dtype=torch.float32)
+        assert torch.equal(out[row].flatten(), expected.view(-1))
+    assert out.min() == -1.0 and out.max() == 1.0
+    assert torch.equal(normalise_batch(images), normalise_batch(images, torch.zeros(3, dtype=torch.bool)))
+    # float input is final (already normalised and mirrored): returned as is, however often applied
+    assert normalise_batch(out, flipped) is out
+    batch = FaceBatch(images, torch.zeros(3, dtype=torch.long), torch.arange(3), flipped)
+    assert torch.equal(batch.normalised().images, out) and torch.equal(batch.normalised().normalised().images, out)
+    plain = FaceBatch(out, batch.labels)
+    assert plain.normalised() is plain
+
+
+def test_indexed_dataset_draws_and_reports_the_flip_of_plain_keys():
+    class Flipping(TensorDataset):
+        flip = True
+
+        def __getitem__(self, key):
+            assert isinstance(key, tuple)  # the drawn flip is passed on as a pair
+            return super().__getitem__(key[0])
+
+    dataset = IndexedDataset(Flipping(torch.zeros(2, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 1])))
+    torch.manual_seed(0)
+    flips = [dataset[1][3] for _ in range(20)]
+    assert any(flips) and not all(flips)
+    assert dataset[(1, True)][2:] == (1, True) and dataset[(0, False)][2:] == (0, False)

@@ -24,6 +24,20 @@ def synth_root(tmp_path_factory):
     return root
 
 
+def _host_path(dataset, index: int, flip: bool) -> torch.Tensor:
+    """Sample ``index`` as the datasets used to return it, computed independently of ekd's transform:
+    the record's JPEG decoded by the decoder, mirrored with numpy, (x - 127.5) / 127.5 in float32."""
+    from ekd.data.images import decode_image
+    from ekd.data.recordio import unpack_payload
+
+    _, data = unpack_payload(dataset.reader.read(int(dataset.keys[index])))
+    hwc = decode_image(data).permute(1, 2, 0).numpy()
+    if flip:
+        hwc = hwc[:, ::-1]
+    out = (hwc.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
 def _dm(root, **kw) -> FaceDataModule:
     kw.setdefault("num_workers", 0)
     return FaceDataModule(source="synthetic", root=str(root), synthetic=SYNTH, **kw)
@@ -37,7 +51,10 @@ def test_random_sampler_batches(synth_root):
     assert loader.num_workers == 0 and not loader.persistent_workers
     batches = list(loader)
     assert len(batches) == 24 // 5
-    images, labels = batches[0].images, batches[0].labels
+    # the loader carries uint8; the datamodule's transform after the device transfer makes them float
+    assert batches[0].images.dtype == torch.uint8
+    batch = dm.on_after_batch_transfer(batches[0], 0)
+    images, labels = batch.images, batch.labels
     assert images.shape == (5, 3, 112, 112) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and images.abs().max() <= 1.0
 
@@ -285,9 +302,12 @@ def test_training_batches_carry_indices_and_flips(synth_root):
         assert batch.indices.dtype == torch.int64 and batch.flipped.dtype == torch.bool
         assert batch.indices.tolist() == [i for i, _ in key] and batch.flipped.tolist() == [f for _, f in key]
         torch.testing.assert_close(batch.labels, torch.as_tensor(dataset.labels[batch.indices]))
-        # each row is the image of its index, mirrored exactly where flipped says so
+        # each row is the image of its index as stored (uint8); after the device transform it is the
+        # former host path's float image (numpy mirror where flipped, float32 (x - 127.5) / 127.5)
+        normalised = dm.on_after_batch_transfer(batch, 0).images
         for row, (i, f) in enumerate(key):
             assert torch.equal(batch.images[row], dataset[(i, f)][0])
+            assert torch.equal(normalised[row], _host_path(dataset, i, f))
     assert any(f for key in keys for _, f in key) and not all(f for key in keys for _, f in key)
     # without flips every row is unflipped
     plain = next(iter(_dm(synth_root, batch_size=5, flip=False).train_dataloader()))

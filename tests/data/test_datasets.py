@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ekd.data.batch import IndexedDataset, normalise_batch
 from ekd.data.datasets import FaceFolderDataset, FaceRecordDataset, pack_folder, write_face_records
 from ekd.data.errors import DataError, RecordIOError
 from ekd.data.images import decode_image, encode_jpeg, encode_png, fit_to_size
@@ -46,30 +47,59 @@ def test_insightface_layout_header_and_identity_records(insightface_root):
     assert dataset.num_classes == 3 and len(dataset) == 6
 
 
-def test_samples_are_normalised_rgb(insightface_root):
+def _host_normalised(hwc: np.ndarray, flip: bool) -> torch.Tensor:
+    """The former host path, computed independently: numpy mirror, float32 (x - 127.5) / 127.5, CHW."""
+    if flip:
+        hwc = hwc[:, ::-1]
+    out = (hwc.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def test_samples_are_uint8_rgb_and_normalise_on_the_batch(insightface_root):
     root, images = insightface_root
     dataset = FaceRecordDataset(root, flip=False)
     image, label = dataset[4]
-    assert label == 2 and image.dtype == torch.float32 and image.shape == (3, 112, 112)
+    # the item is the decoded image, nothing more: uint8 RGB as stored
+    assert label == 2 and image.dtype == torch.uint8 and image.shape == (3, 112, 112)
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), images[4])
+    normalised = normalise_batch(image.unsqueeze(0))[0]
+    assert normalised.dtype == torch.float32
     expected = (torch.from_numpy(images[4]).permute(2, 0, 1).double() - 127.5) / 127.5
-    torch.testing.assert_close(image.double(), expected, rtol=0, atol=1e-6)
-    assert image.min() >= -1.0 and image.max() <= 1.0
+    torch.testing.assert_close(normalised.double(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(normalised, _host_normalised(images[4], flip=False))
+    assert normalised.min() >= -1.0 and normalised.max() <= 1.0
 
 
 def test_flip_is_random_and_horizontal(insightface_root):
-    root, _ = insightface_root
+    root, images = insightface_root
     plain = FaceRecordDataset(root, flip=False)[0][0]
-    flipping = FaceRecordDataset(root, flip=True)
+    # the random flip of a plain index is drawn by IndexedDataset (reported, applied on the batch)
+    flipping = IndexedDataset(FaceRecordDataset(root, flip=True))
     torch.manual_seed(0)
     seen = {"plain": 0, "flipped": 0}
     for _ in range(20):
-        image = flipping[0][0]
-        if torch.equal(image, plain):
+        image, label, index, flipped = flipping[0]
+        assert torch.equal(image, plain) and (label, index) == (0, 0)  # the item is never mirrored
+        normalised = normalise_batch(image.unsqueeze(0), torch.tensor([flipped]))[0]
+        if not flipped:
+            assert torch.equal(normalised, _host_normalised(images[0], flip=False))
             seen["plain"] += 1
         else:
-            torch.testing.assert_close(image, plain.flip(-1), rtol=0, atol=0)
+            assert torch.equal(normalised, _host_normalised(images[0], flip=True))
+            torch.testing.assert_close(normalised, normalise_batch(plain[None])[0].flip(-1), rtol=0, atol=0)
             seen["flipped"] += 1
     assert seen["plain"] > 0 and seen["flipped"] > 0
+
+
+def test_transform_keeps_the_host_path_with_its_flip(insightface_root):
+    root, images = insightface_root
+    dataset = FaceRecordDataset(root, transform=lambda x: x, flip=True)
+    for flip in (False, True):
+        image, _ = dataset[(1, flip)]
+        assert torch.equal(image, _host_normalised(images[1], flip))
+    # float items are final: the batch transform leaves them alone
+    image = dataset[(1, True)][0].unsqueeze(0)
+    assert normalise_batch(image, torch.tensor([True])) is image
 
 
 def test_transform_applies_after_normalisation(insightface_root):
@@ -314,12 +344,15 @@ def test_index_flip_pairs(insightface_root):
     root, images = insightface_root
     dataset = FaceRecordDataset(root, flip=True)
     image, label = dataset[(2, True)]
+    # the item is the image as stored; the pair's flip is applied on the batch (FaceBatch.flipped)
+    assert image.dtype == torch.uint8 and np.array_equal(image.permute(1, 2, 0).numpy(), images[2])
+    image = normalise_batch(image.unsqueeze(0), torch.tensor([True]))[0]
     expected = (torch.from_numpy(images[2]).permute(2, 0, 1).double().flip(-1) - 127.5) / 127.5
     torch.testing.assert_close(image.double(), expected, rtol=0, atol=1e-6)
     assert label == 0
     # the flip of a pair is taken as given, never drawn (the datamodule reports it in FaceBatch.flipped)
     assert all(torch.equal(dataset[(2, False)][0], dataset[(2, False)][0]) for _ in range(4))
-    torch.testing.assert_close(dataset[(2, False)][0].flip(-1), image)
+    torch.testing.assert_close(normalise_batch(dataset[(2, False)][0][None])[0].flip(-1), image)
     with pytest.raises(DataError, match=r"sample key \(1, 2, 3\)"):
         dataset[(1, 2, 3)]
 

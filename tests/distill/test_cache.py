@@ -41,10 +41,13 @@ TEACHER_KW = {"base_width": 8, "embedding_size": 16}
 LABELS = [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
-def _write_records(root: Path, labels=LABELS, seed: int = 0) -> Path:
+def _source_images(labels=LABELS, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in labels]
-    write_face_records(root, [encode_png(im) for im in images], labels)
+    return [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in labels]
+
+
+def _write_records(root: Path, labels=LABELS, seed: int = 0) -> Path:
+    write_face_records(root, [encode_png(im) for im in _source_images(labels, seed)], labels)
     return root
 
 
@@ -71,12 +74,22 @@ def setup(tmp_path_factory):
 
 
 def _online(teacher: nn.Module, dataset: FaceRecordDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's float64 embeddings of every image and of its mirror image, one image at a time."""
+    """The teacher's float64 embeddings of every image and of its mirror image.
+
+    The images are the written ones (PNG: lossless), mirrored with numpy and normalised here as the
+    datasets used to do on the host, float32 (x - 127.5) / 127.5, independently of ekd's device transform.
+    """
     teacher64 = create_backbone(TEACHER, **TEACHER_KW).double().eval()
     teacher64.load_state_dict(teacher.state_dict())
-    images = torch.stack([dataset[(i, False)][0] for i in range(len(dataset))]).double()
+    source = np.stack(_source_images())
+    assert len(source) == len(dataset)
+
+    def normalised(hwc: np.ndarray) -> torch.Tensor:
+        out = (hwc.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2))).double()
+
     with torch.no_grad():
-        return teacher64(images), teacher64(images.flip(-1))
+        return teacher64(normalised(source)), teacher64(normalised(source[:, :, ::-1]))
 
 
 def _within_float16(cached: torch.Tensor, exact: torch.Tensor) -> None:

@@ -71,6 +71,27 @@ def test_mapping_batches_and_extra_items():
     assert torch.allclose(compute_class_prototypes(Recorder(), face_batches, 3), expected(), atol=1e-7)
 
 
+class RowSums(nn.Module):
+    """'Teacher' of N x 3 x 2 x 2 float images: (sum of column 0, sum of column 1) of each image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.float32  # uint8 batches are normalised before the teacher sees them
+        return x.sum(dim=(1, 2))
+
+
+def test_uint8_face_batches_are_mirrored_and_normalised_first():
+    # 2 x 2 images: pixel 255 in column 0, 0 in column 1 -> normalised column 0 is +1, column 1 is -1
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    image[:, :, 0] = 255
+    images = image.expand(4, 3, 2, 2).contiguous()
+    labels, flipped = torch.tensor([0, 0, 1, 1]), torch.tensor([False, False, True, True])
+    batch = FaceBatch(images, labels, torch.arange(4), flipped)
+    protos = compute_class_prototypes(RowSums(), [batch], num_classes=2)
+    # class 0 as stored: (6, -6) -> (1, -1) / sqrt 2; class 1 mirrored: (-6, 6) -> (-1, 1) / sqrt 2
+    r = 1 / math.sqrt(2)
+    assert torch.allclose(protos, torch.tensor([[r, -r], [-r, r]]), atol=1e-7)
+
+
 def test_prototypes_from_a_teacher_embedding_cache():
     """Every cached image and its mirror, read in chunks: the same as a pass over both embeddings."""
 

@@ -65,3 +65,35 @@ def random_pair_images(n_pairs: int, size: int = 16, seed: int = 0) -> tuple[tor
     second[issame] = (images[0::2][issame] + noise[issame]).clamp(0, 255)
     images[1::2] = second
     return images.to(torch.uint8), issame
+
+
+class SideNet(nn.Module):
+    """f(x) = W_l mean(left half of x) + W_r mean(right half of x) + b: sees a mirror as another image."""
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.left = nn.Linear(3, left.shape[0], bias=False)
+        self.right = nn.Linear(3, right.shape[0])
+        with torch.no_grad():
+            self.left.weight.copy_(torch.from_numpy(left))
+            self.right.weight.copy_(torch.from_numpy(right))
+            self.right.bias.copy_(torch.from_numpy(bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[3] // 2
+        return self.left(x[..., :half].mean(dim=(2, 3))) + self.right(x[..., half:].mean(dim=(2, 3)))
+
+
+class AutocastProbe(nn.Module):
+    """A linear map that records, per call, the autocast dtype it ran under (None: no autocast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+        self.seen: list[torch.dtype | None] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        enabled = torch.is_autocast_enabled(device)
+        self.seen.append(torch.get_autocast_dtype(device) if enabled else None)
+        return self.linear(x.mean(dim=(2, 3))).float()

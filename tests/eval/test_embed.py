@@ -7,7 +7,7 @@ import torch
 from ekd.dist import shard_bounds
 from ekd.eval.embed import OnnxEmbedder, extract_embeddings, normalize_images
 from ekd.eval.verification import verify
-from tests.eval.helpers import LinearNet, TinyConvNet, random_pair_images
+from tests.eval.helpers import AutocastProbe, LinearNet, TinyConvNet, random_pair_images
 
 
 def test_flip_sum_and_xnorm_of_linear_model_by_hand():
@@ -127,8 +127,57 @@ def test_autocast_overflow_falls_back_to_fp32():
         model.weight.fill_(1e5)  # outputs of 4e5 exceed fp16's 65504
         model.bias.zero_()
     embedder = TorchEmbedder(model)
-    assert not embedder.amp  # autocast is only used on CUDA ...
+    assert not embedder.amp  # autocast is only used when asked for ...
     embedder.amp = True  # ... so force it here, with CPU autocast in fp16, to exercise the fallback
     x = torch.ones(2, 4)
     assert not torch.isfinite(embedder._forward(x, True)).all()
     torch.testing.assert_close(embedder(x), torch.full((2, 3), 4e5))
+
+
+def test_fp32_by_default_on_every_device(monkeypatch):
+    from ekd.eval import embed
+
+    model = torch.nn.Linear(4, 3)
+    # a module on a GPU used to get fp16 autocast by default; the device is all that is faked here
+    monkeypatch.setattr(embed, "_module_device", lambda module: torch.device("cuda"))
+    on_gpu = embed.TorchEmbedder(model)
+    assert on_gpu.device.type == "cuda" and not on_gpu.amp
+    assert embed.TorchEmbedder(model, precision="16-mixed").amp_dtype == torch.float16
+    assert embed.TorchEmbedder(model, precision="bf16-mixed").amp_dtype == torch.bfloat16
+    with pytest.raises(
+        ValueError, match="unknown precision '16'; expected one of 32-true, 16-mixed, bf16-mixed"
+    ):
+        embed.TorchEmbedder(model, precision="16")
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("32-true", None), ("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)]
+)
+def test_precision_reaches_the_forward(precision, dtype):
+    probe = AutocastProbe()
+    images, _ = random_pair_images(3, size=8)
+    kwargs = {} if precision == "32-true" else {"precision": precision}
+    extract_embeddings(probe, images, batch_size=4, **kwargs)
+    assert probe.seen == [dtype] * 4  # 6 images in 2 batches, each with its mirror
+
+
+def test_bf16_embeddings_are_bf16_arithmetic():
+    """bf16-mixed: the linear map's inputs and weights rounded to bf16, products summed in fp32, the
+    output rounded to bf16 (restated in float64); fp32 matches the float64 map itself."""
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(5, 3 * 4 * 6)) / 10
+    images = rng.integers(0, 256, size=(4, 3, 4, 6), dtype=np.uint8)
+    model = LinearNet(weight.astype(np.float32))
+    x = ((images.astype(np.float64) - 127.5) / 127.5).reshape(4, -1)
+
+    def bf16(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float32)).bfloat16().double().numpy()
+
+    exact = x @ weight.T
+    half = bf16(bf16(x) @ bf16(weight).T)
+    fp32 = extract_embeddings(model, images, flip=False).raw.numpy()
+    low = extract_embeddings(model, images, flip=False, precision="bf16-mixed").raw.numpy()
+    np.testing.assert_allclose(fp32, exact, rtol=1e-5, atol=1e-5)
+    # one bf16 rounding of the output (2^-8 relative) apart at most; far from the fp32 result
+    np.testing.assert_allclose(low, half, rtol=2**-8, atol=1e-6)
+    assert np.abs(low - exact).max() > 1e-4

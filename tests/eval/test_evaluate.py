@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ekd.eval import evaluate_backbone, evaluate_ijb_sets, measure_throughput, select_sets, verify_sets
-from tests.eval.helpers import ColourNet, TinyConvNet
+from tests.eval.helpers import AutocastProbe, ColourNet, TinyConvNet
 from tests.eval.test_ijb import BIAS, PAIRS, WEIGHT, _expected_scores, _write_miniature
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -143,3 +143,44 @@ def test_select_sets_keeps_the_requested_order_and_names_unknown_ones():
     ]
     with pytest.raises(ValueError, match=r"eval\.sets: unknown verification sets \['ijbc'\]"):
         select_sets(available, ["lfw", "ijbc"], "eval.sets")
+
+
+def test_precision_and_protocol_reach_both_kinds_of_sets(tmp_path):
+    from ekd.eval import evaluate_trained, protocol_record
+    from ekd.eval.ijb import ijb_protocol
+
+    _write_miniature(tmp_path)
+    probe = AutocastProbe()
+    images, issame = _known_set()
+    metrics, _, _ = evaluate_trained(
+        probe, {"pairs": (images, issame)}, 8, ijb_root=str(tmp_path), ijb_sets=["IJBC"], ijb_protocol="tface"
+    )
+    assert probe.seen and set(probe.seen) == {None}  # fp32 unless asked
+    assert metrics["ijbc"]["protocol"]["preset"] == "tface" and metrics["ijbc"]["precision"] == "32-true"
+    probe.seen.clear()
+    metrics, _, _ = evaluate_trained(
+        probe,
+        {"pairs": (images, issame)},
+        8,
+        ijb_root=str(tmp_path),
+        ijb_sets=["IJBC"],
+        precision="bf16-mixed",
+    )
+    assert probe.seen and set(probe.seen) == {torch.bfloat16}
+    assert (
+        metrics["ijbc"]["protocol"]["preset"] == "insightface"
+        and metrics["ijbc"]["precision"] == "bf16-mixed"
+    )
+    assert protocol_record("32-true", ijb_protocol("tface", detector_score=True)) == {
+        "precision": "32-true",
+        "pair_sets": {"flip": "sum", "n_folds": 10},
+        "ijb": {
+            "preset": "tface",
+            "flip_mode": "plain",
+            "norm_score": False,
+            "detector_score": True,
+            "label": "tface (detector_score=on)",
+            "tpr_rule": "nearest",
+        },
+    }
+    assert protocol_record("16-mixed")["ijb"] is None

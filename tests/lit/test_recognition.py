@@ -210,3 +210,23 @@ def test_checkpoint_centres_and_student_weights(tmp_path):
     assert load_class_centres(str(plain_teacher_file(tmp_path))) is None
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_class_centres(str(tmp_path / "missing.ckpt"))
+
+
+def test_uint8_face_batches_are_normalised_on_the_device_as_the_float_ones():
+    """A uint8 FaceBatch from a loader without the datamodule's transform trains on the same float values."""
+    from ekd.data.batch import FaceBatch
+
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (8, 3, 112, 112), dtype=torch.uint8)
+    labels = torch.arange(8) % NUM_CLASSES
+    flipped = torch.tensor([i % 3 == 0 for i in range(8)])
+    # independently: mirror the flipped rows, then (x - 127.5) / 127.5 in float32
+    mirrored = torch.stack([p.flip(-1) if f else p for p, f in zip(pixels, flipped)])
+    floats = (mirrored.to(torch.float32) - 127.5) / 127.5
+    losses = []
+    for batch in ((floats, labels), FaceBatch(pixels, labels, torch.arange(8), flipped)):
+        torch.manual_seed(1)  # the same initial weights for both batches
+        module = recognition_module()
+        module.training_step(batch, 0)
+        losses.append(float(module.last_logged["loss_recognition"]))
+    assert losses[0] == losses[1]

@@ -166,6 +166,55 @@ def test_ijb_columns_and_other_metrics():
     assert tpr.row("none").paper == {}  # the paper's cells are accuracies
 
 
+TFACE_RECORD = {
+    "precision": "32-true",
+    "pair_sets": {"flip": "sum", "n_folds": 10},
+    "ijb": {
+        "preset": "tface",
+        "flip_mode": "plain",
+        "norm_score": False,
+        "detector_score": False,
+        "label": "tface",
+        "tpr_rule": "nearest",
+    },
+}
+
+
+def test_the_caption_names_the_ijb_protocol(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        run = _result("none", seed, {"lfw": 99.0}, eval_protocol=TFACE_RECORD)
+        run.metrics["ijbc"] = {"tpr_at_fpr": {"1e-4": 0.89, "1e-5": 0.81}}
+        runs.append(run)
+    (table,) = build_tables(runs)
+    assert table.ijb_protocols == ["tface, 32-true"] and not table.notes
+    caption = "IJB columns: TPR (%) at the FPR named, IJB-B/C 1:1 protocol tface, 32-true (docs/methods.md)."
+    assert caption in to_markdown(table) and f"% {caption}" in to_latex(table)
+    # a run recorded before ekd recorded protocols, and one with insightface: named, and a note
+    old = _result("ekd", 0, {"lfw": 99.5})
+    old.metrics["ijbc"] = {"tpr_at_fpr": {"1e-4": 0.9}}
+    insightface = {
+        **TFACE_RECORD,
+        "ijb": {**TFACE_RECORD["ijb"], "preset": "insightface", "label": "insightface"},
+    }
+    other = _result("kd", 0, {"lfw": 99.5}, eval_protocol=insightface)
+    other.metrics["ijbc"] = {"tpr_at_fpr": {"1e-4": 0.9}}
+    (mixed,) = build_tables([*runs, old, other])
+    assert mixed.ijb_protocols == ["tface, 32-true", "not recorded", "insightface, 32-true"]
+    assert any("different protocols" in note and "not comparable" in note for note in mixed.notes)
+    # without IJB columns there is no IJB caption, whatever was recorded
+    (plain,) = build_tables([_result("none", 0, {"lfw": 99.0}, eval_protocol=TFACE_RECORD)])
+    assert "IJB columns" not in to_markdown(plain) and plain.ijb_protocols == []
+    # eval_protocol round-trips; a file without it (written before) reads as None
+    path = write_results(tmp_path / "run", runs[0])
+    assert load_results(path).eval_protocol == TFACE_RECORD
+    data = json.loads(path.read_text())
+    del data["eval_protocol"]
+    path.write_text(json.dumps(data))
+    assert load_results(path).eval_protocol is None
+    assert load_results(path).as_failed(RuntimeError("x")).eval_protocol is None
+
+
 def test_paper_table_is_shipped_with_the_package():
     table2 = load_paper_table("table2")
     assert len(table2) == 12
