@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("dataset", "dataset + host float (before)"):
         ratios = sorted(c / d for c, d in zip(cpu[name], cpu["decode/ekd"]))
         print(
-            f"{name} item cost / bare decode (same decoder, per round): median {statistics.median(ratios):.3f}"
-            f", min {ratios[0]:.3f}, max {ratios[-1]:.3f} (target for the dataset item: <= 1.15)"
+            f"{name} item cost / bare decode (same decoder, per round): "
+            f"median {statistics.median(ratios):.3f}, min {ratios[0]:.3f}, max {ratios[-1]:.3f} "
+            "(target for the dataset item: <= 1.15)"
         )
     if tmp is not None:
         tmp.cleanup()

@@ -9,7 +9,7 @@ The callback lives in ``ekd.eval.callback`` (imported from there, so that using 
 import pytorch_lightning).
 """
 
-from ekd.eval.embed import EmbeddingResult, OnnxEmbedder, TorchEmbedder, extract_embeddings, normalize_images
+from ekd.eval.embed import EmbeddingResult, OnnxEmbedder, TorchEmbedder, extract_embeddings
 from ekd.eval.evaluate import (
     config_ijb_protocol,
     evaluate_backbone,
@@ -50,7 +50,6 @@ __all__ = [
     "ijb_protocol",
     "kfold_bounds",
     "measure_throughput",
-    "normalize_images",
     "protocol_record",
     "roc_curve",
     "select_sets",

@@ -36,6 +36,7 @@ from torch import nn
 
 from ekd import dist
 from ekd.choices import EvalPrecision, parse_choice
+from ekd.data.batch import normalise_batch
 
 #: A batch function: normalised float images N x 3 x H x W -> raw embeddings N x D (float32).
 BatchEmbedder = Callable[[torch.Tensor], torch.Tensor]
@@ -66,11 +67,6 @@ AUTOCAST_DTYPES: dict[EvalPrecision, torch.dtype | None] = {
 def parse_precision(precision: str | EvalPrecision, key: str = "precision") -> EvalPrecision:
     """``precision`` as an :class:`~ekd.choices.EvalPrecision`; ValueError naming ``key`` and the choices."""
     return parse_choice(EvalPrecision, precision, key, "precision")
-
-
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB -> float32 ``(x - 127.5) / 127.5`` in [-1, 1] (the contract of every backbone)."""
-    return (images.float() - 127.5) / 127.5
 
 
 def _check_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -241,7 +237,7 @@ def extract_embeddings(
     norm_sum = torch.zeros((), dtype=torch.float64, device=device)
     with eval_mode(module) if module is not None else contextlib.nullcontext():
         for lo in range(start, end, batch_size):
-            batch = normalize_images(images[lo : min(lo + batch_size, end)].to(device, non_blocking=True))
+            batch = normalise_batch(images[lo : min(lo + batch_size, end)].to(device, non_blocking=True))
             out = embedder(batch).to(device)
             norm_sum += out.double().norm(dim=1).sum()
             if flip:
@@ -250,7 +246,7 @@ def extract_embeddings(
                 out = out + out_flip
             raw_parts.append(out)
         if not raw_parts:  # a rank with an empty slice still joins the gather, with D learnt from the model
-            probe = embedder(normalize_images(images[:1].to(device)))
+            probe = embedder(normalise_batch(images[:1].to(device)))
             raw_parts.append(probe.new_zeros((0, probe.shape[1])))
     raw = torch.cat(raw_parts)
     if shard and dist.is_distributed():

@@ -104,7 +104,8 @@ def test_normalise_batch_mirrors_flipped_rows_and_leaves_float_alone():
     # float input is final (already normalised and mirrored): returned as is, however often applied
     assert normalise_batch(out, flipped) is out
     batch = FaceBatch(images, torch.zeros(3, dtype=torch.long), torch.arange(3), flipped)
-    assert torch.equal(batch.normalised().images, out) and torch.equal(batch.normalised().normalised().images, out)
+    once = batch.normalised()
+    assert torch.equal(once.images, out) and torch.equal(once.normalised().images, out)
     plain = FaceBatch(out, batch.labels)
     assert plain.normalised() is plain
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from ekd.data.batch import normalise_batch
 from ekd.dist import shard_bounds
-from ekd.eval.embed import OnnxEmbedder, extract_embeddings, normalize_images
+from ekd.eval.embed import OnnxEmbedder, extract_embeddings
 from ekd.eval.verification import verify
 from tests.eval.helpers import AutocastProbe, LinearNet, TinyConvNet, random_pair_images
 
@@ -44,9 +45,9 @@ def test_symmetric_images_give_twice_the_embedding():
     torch.testing.assert_close(with_flip.embeddings, without.embeddings)
 
 
-def test_normalize_images_range():
+def test_normalise_batch_range():
     x = torch.tensor([0, 127, 128, 255], dtype=torch.uint8).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
-    out = normalize_images(x)
+    out = normalise_batch(x)
     torch.testing.assert_close(out[0, 0].flatten(), torch.tensor([-1.0, -0.5 / 127.5, 0.5 / 127.5, 1.0]))
 
 
@@ -62,7 +63,7 @@ def test_batch_size_does_not_change_result_and_eval_mode_is_restored():
     # eval mode was used: BN running statistics, so each image is independent of its batch
     model.eval()
     with torch.no_grad():
-        x = normalize_images(images)
+        x = normalise_batch(images)
         expected = torch.nn.functional.normalize(model(x) + model(torch.flip(x, dims=[3])))
     torch.testing.assert_close(a.embeddings, expected, rtol=1e-5, atol=1e-6)
 
