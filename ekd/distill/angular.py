@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ekd.distill.adapters import Shapes, align_maps, build_regressor, flatten, parse_shapes
@@ -27,7 +26,11 @@ from ekd.models.features import STAGE_NAMES, Features
 
 
 def _one_minus_cosine(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    return (1.0 - (F.normalize(a, dim=1, eps=eps) * F.normalize(b, dim=1, eps=eps)).sum(dim=1)).mean()
+    # <a / max(|a|, eps), b / max(|b|, eps)> (F.normalize's convention) from one row-wise dot product and
+    # two norms: no normalised copies of the (up to N x 25088) rows in the forward or backward pass
+    norm_a = torch.linalg.vector_norm(a, dim=1).clamp_min(eps)
+    norm_b = torch.linalg.vector_norm(b, dim=1).clamp_min(eps)
+    return (1.0 - torch.linalg.vecdot(a, b, dim=1) / (norm_a * norm_b)).mean()
 
 
 @register_objective("shrinkteanet")

@@ -105,7 +105,9 @@ class TripletDistillationObjective(Objective):
                 gap_t = d_t[anchors] - d_t[anchors, positives].unsqueeze(1)
                 margins = self._margins(gap_t, negatives)
             self._last = {"triplets": torch.tensor(float(triplets))}
-            return (hinge_s + margins).clamp_min(0.0)[negatives].mean()
+            # a masked sum over the dense P x B block rather than boolean indexing, whose nonzero / gather
+            # (and scatter in the backward pass) took half the time at B = 2048
+            return torch.where(negatives, (hinge_s + margins).clamp_min(0.0), 0.0).sum() / triplets
         with torch.no_grad():
             margins = self._margins(d_t[anchors, negatives] - d_t[anchors, positives])
         self._last = {"triplets": torch.tensor(float(triplets))}
