@@ -28,9 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ekd.config import REPO_ROOT, ConfigError, check_config, instantiate_entries, uses_teacher
-from ekd.runs import LAST_CHECKPOINT
-
-BACKBONE_FILE = "backbone.pth"
+from ekd.runs import BACKBONE_FILE, LAST_CHECKPOINT
 
 
 def build_datamodule(cfg: DictConfig) -> Any:

@@ -36,7 +36,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".ekd.lock"
-RUN_FILES = ("config.yaml", "checkpoints/last.ckpt", "backbone.pth", "results.json")
+CONFIG_FILE = "config.yaml"
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+BACKBONE_FILE = "backbone.pth"  # with backbone.json beside it (ekd.models.write_backbone_record)
+RUN_FILES = (CONFIG_FILE, LAST_CHECKPOINT, BACKBONE_FILE, "results.json")
 
 # Keys (dotted prefixes) of the resolved config that may differ between a run and its resumption: where
 # files are, how the run is watched, how it is evaluated at the end, and how data is loaded (not which).
@@ -230,10 +233,8 @@ def check_resume_compatible(before: Mapping[str, Any], after: Mapping[str, Any],
         )
 
 
-CONFIG_FILE = "config.yaml"
-LAST_CHECKPOINT = "checkpoints/last.ckpt"
 # what overwrite=true removes before a new run starts in a used folder (its logs would mix otherwise)
-REPLACED_ON_OVERWRITE = ("results.json", "config.yaml", "backbone.pth", "backbone.json", "checkpoints", "csv")
+REPLACED_ON_OVERWRITE = ("results.json", CONFIG_FILE, BACKBONE_FILE, "backbone.json", "checkpoints", "csv")
 
 
 @dataclasses.dataclass
