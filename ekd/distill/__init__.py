@@ -4,6 +4,7 @@ Each objective lives in its own module (one family per file) and registers itsel
 modules are imported here for that side effect, so ``import ekd.distill`` makes every name available.
 """
 
+from ekd.distill import adadistill as _adadistill  # noqa: F401
 from ekd.distill import angular as _angular  # noqa: F401
 from ekd.distill import cckd as _cckd  # noqa: F401
 from ekd.distill import darkrank as _darkrank  # noqa: F401
