@@ -4,6 +4,7 @@
     ekd-demo --out DIR --methods none,kd,ekd --student resnet18
     ekd-demo --quick              # seconds: tiny data and 2 steps per run (a smoke test)
     ekd-demo --config-dir my_conf --methods none,mine imports=[my_losses]   # a user's method
+    ekd-demo --study --seeds 5 --out study_out   # the calibrated study: every row x 5 seeds (resumable)
 
 1. generates the synthetic benchmark (``ekd.data.synthetic``; cached under ``$EKD_DATA_DIR``);
 2. trains the teacher (``experiment=synthetic/teacher``);
@@ -18,6 +19,15 @@
 Every run goes through :func:`ekd.cli.train.run` with a config composed by Hydra from the same files
 ``ekd-train`` uses; the demo only adds its output directories, the teacher checkpoint and the logger
 choice (CSV by default; ``--wandb`` for offline W&B runs).
+
+Two tiers. The demo (default) is the pipeline end to end, one seed per row, on a small benchmark.
+``--study`` is the calibrated comparison: the benchmark and training budget of ``STUDY_OVERRIDES``
+(calibrated in BENCHMARKS.md, "Synthetic study calibration"), every row x ``--seeds`` seeds (default 5)
+with one teacher for the whole study. Run folders are ``<out>/<method>`` for one seed and
+``<out>/<method>/seed<k>`` for several. Every run is started with ``resume=auto``: the same command on
+the same ``--out`` skips finished runs and continues interrupted ones from their last checkpoint, so a
+killed study loses at most the steps since its last checkpoint. A progress line before each run gives
+the runs done and an ETA from the mean time of the runs trained so far.
 """
 
 from __future__ import annotations
@@ -57,6 +67,11 @@ QUICK_OVERRIDES: tuple[str, ...] = (
 )
 
 
+# --study: the calibrated benchmark and budget (BENCHMARKS.md, "Synthetic study calibration")
+STUDY_OVERRIDES: tuple[str, ...] = ()
+STUDY_SEEDS = 5
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ekd-demo",
@@ -80,7 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a folder of extra configs (e.g. its distill/<method>.yaml); repeatable",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the teacher's seed and the students' first seed")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds per student row: --seed, --seed + 1, ... (default 1; {STUDY_SEEDS} with --study)",
+    )
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="the calibrated study: its benchmark and budget, every row x --seeds seeds; resumable",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 steps per run (for tests)")
     parser.add_argument("--wandb", action="store_true", help="log every run to W&B (offline) instead of CSV")
     parser.add_argument(
@@ -117,13 +143,32 @@ def compose_run_config(experiment: str, overrides: Sequence[str]):  # -> DictCon
         return compose(config_name="train", overrides=[f"experiment={experiment}", *overrides])
 
 
+def run_folder(out: Path, method: str, seed: int, several: bool) -> Path:
+    """``<out>/<method>`` for one seed, ``<out>/<method>/seed<k>`` for several."""
+    return out / method / f"seed{seed}" if several else out / method
+
+
+def eta_text(durations: Sequence[float], remaining: int) -> str:
+    """``ETA 12.3 min`` from the mean of the runs trained so far (``ETA ?`` before the first)."""
+    if not durations:
+        return "ETA ?"
+    return f"ETA {sum(durations) / len(durations) * remaining / 60:.1f} min"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = select_methods(args.methods, args.config_dir)
+    seeds_count = args.seeds if args.seeds is not None else (STUDY_SEEDS if args.study else 1)
+    if seeds_count < 1:
+        raise SystemExit(f"ekd-demo: --seeds must be at least 1, got {seeds_count}")
+    if args.study and args.quick:
+        raise SystemExit("ekd-demo: --study and --quick exclude each other")
+    seeds = [args.seed + k for k in range(seeds_count)]
     from rich.console import Console
 
     from ekd.report import build_tables, collect_results, save_tables, to_markdown
     from ekd.run import run
+    from ekd.runs import folder_state
 
     console = Console()
     started = time.time()
@@ -131,34 +176,49 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path("demo_out") / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [
-        f"seed={args.seed}",
         "logger=" + ("wandb" if args.wandb else "csv"),
+        # the same command on the same --out continues: finished runs are skipped, others resumed
+        "resume=auto",
         # the final evaluation of every run makes the in-training verification redundant here
         "callbacks.verification=null",
         *search_path_override(args.config_dir),
+        *(STUDY_OVERRIDES if args.study else ()),
         *(QUICK_OVERRIDES if args.quick else ()),
         *args.overrides,
     ]
-    total = 1 + len(methods)
-    console.rule(f"[bold]ekd-demo[/bold]: teacher + {len(methods)} student runs -> {out}")
+    jobs = [(method, seed) for method in methods for seed in seeds]
+    total = 1 + len(jobs)
+    tier = "study" if args.study else "demo"
+    console.rule(
+        f"[bold]ekd-demo[/bold] ({tier}): teacher + {len(methods)} rows x {len(seeds)} seed(s) -> {out}"
+    )
+    durations: list[float] = []  # of the runs trained in this invocation (skipped ones excluded)
 
     def stage(index: int, title: str) -> None:
         elapsed = time.time() - started
-        console.rule(f"[{index}/{total}] {title}   (elapsed {elapsed / 60:.1f} min)")
+        console.rule(
+            f"[{index}/{total}] {title}   (elapsed {elapsed / 60:.1f} min, "
+            f"{eta_text(durations, total - index + 1)})"
+        )
 
     stage(1, "teacher (synthetic/teacher)")
     teacher_dir = out / "teacher"
-    teacher_cfg = compose_run_config("synthetic/teacher", common)
+    teacher_cfg = compose_run_config("synthetic/teacher", [f"seed={args.seed}", *common])
     teacher = run(teacher_cfg, teacher_dir, experiment="synthetic/teacher", sweep=out.name)
     checkpoint = teacher.checkpoint or teacher.backbone_file
     experiment = "synthetic/student"
-    for index, method in enumerate(methods, start=2):
-        stage(index, f"{experiment} distill={method}")
-        overrides = [*common, f"student={STUDENTS[args.student]}", f"distill={method}"]
+    for index, (method, seed) in enumerate(jobs, start=2):
+        folder = run_folder(out, method, seed, len(seeds) > 1)
+        stage(index, f"{experiment} distill={method} seed={seed}")
+        was_finished = folder_state(folder) == "finished"
+        overrides = [f"seed={seed}", *common, f"student={STUDENTS[args.student]}", f"distill={method}"]
         cfg = compose_run_config(experiment, overrides)
         if cfg.distill.objectives:
             cfg.teacher.checkpoint = str(checkpoint)
-        run(cfg, out / method, experiment=experiment, sweep=out.name)
+        run_started = time.time()
+        run(cfg, folder, experiment=experiment, sweep=out.name)
+        if not was_finished:
+            durations.append(time.time() - run_started)
 
     tables = build_tables(collect_results([out]))
     paths = save_tables(tables, out)
