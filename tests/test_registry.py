@@ -17,7 +17,7 @@ from torch import nn
 
 from ekd.distill import OBJECTIVES, Objective, ObjectiveContext
 from ekd.distill import create as create_objective
-from ekd.heads import AUX_LOSSES, HEADS, Head
+from ekd.heads import AUX_LOSSES, HEADS, Head, RecognitionLoss
 from ekd.heads import create as create_head
 from ekd.lit.recognition import build_aux_loss
 from ekd.models import FaceBackbone, create_backbone
@@ -188,7 +188,11 @@ def test_every_registered_name_builds(kind: str, name: str) -> None:
     elif kind == "objective":
         assert isinstance(built, Objective) and built.name == name
         assert built.default_weight > 0 and built.hint_only(0) is False
-        built.bind(ObjectiveContext(num_classes=C, student_embedding_size=D, teacher_embedding_size=D))
+        # as in a training module: the student head is there (objectives replacing recognition need it)
+        head = RecognitionLoss("arcface", D, C)
+        built.bind(
+            ObjectiveContext(num_classes=C, student_embedding_size=D, teacher_embedding_size=D, head=head)
+        )
     else:
         value = built(x, labels)
         assert value.ndim == 0 and torch.isfinite(value)

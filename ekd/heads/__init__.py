@@ -1,4 +1,4 @@
-"""Recognition heads and losses: softmax ... ArcFace, center and triplet loss, sharded class centres.
+"""Recognition heads and losses: softmax ... ArcFace, AdaFace, center and triplet loss, sharded class centres.
 
 Public API (see ARCHITECTURE.md, "Heads"):
 
@@ -10,7 +10,9 @@ Public API (see ARCHITECTURE.md, "Heads"):
 * ``HEADS``, ``AUX_LOSSES``: the registries (``ekd.registry.Registry``) behind the above.
 """
 
+from ekd.heads import adaface as _adaface  # noqa: F401  (registers the AdaFace head)
 from ekd.heads import margins as _margins  # noqa: F401  (registers the heads)
+from ekd.heads.adaface import AdaFaceHead
 from ekd.heads.base import (
     AUX_LOSSES,
     HEADS,
@@ -50,6 +52,7 @@ AUX_LOSSES.register("triplet")(TripletLoss)
 __all__ = [
     "AUX_LOSSES",
     "HEADS",
+    "AdaFaceHead",
     "ArcFaceHead",
     "CenterLoss",
     "CombinedMarginHead",
