@@ -6,6 +6,14 @@
 Prints the Markdown table and writes ``comparison.{md,csv,tex,png}`` into ``--out`` (default: the
 first directory given). ``--wandb`` logs it as a ``wandb.Table`` to the active run or to a new run
 (offline unless WANDB_MODE says otherwise). The logic lives in :mod:`ekd.report`.
+
+Per row and column: n, mean, std and 95 % confidence interval over the runs (seeds), the difference to
+the no-KD row of the same student with Welch's t-test and its Holm-adjusted p-value over the table's
+tests (marks ``*`` / ``**`` / ``***`` for p_Holm < 0.05 / 0.01 / 0.001 in Markdown and LaTeX, the
+intervals as error bars in the PNG), and per row the cost (fit time, training images/s, peak memory).
+Runs scored under another eval protocol or precision, on data of another generator version, or
+distilled from another teacher are never averaged together: they go into separate tables, each titled
+by what sets it apart (:mod:`ekd.report.table` has the definitions).
 """
 
 from __future__ import annotations
@@ -33,7 +41,12 @@ EPILOG = textwrap.dedent(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ekd-table",
-        description="Aggregate results.json files into the methods x benchmarks table.",
+        description=(
+            "Aggregate results.json files into the methods x benchmarks table: mean, std, 95 % CI, the "
+            "difference to no-KD with Welch's t-test and Holm-adjusted p-values, and each row's cost. "
+            "Runs with another eval protocol, precision, data generator version or teacher go into "
+            "separate tables."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

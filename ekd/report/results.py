@@ -19,6 +19,10 @@ order                where the row goes in the table (the method file's ``order`
 paper_row            the row of the paper's Table 2 it reproduces (``paper_tables.csv``), or null
 objectives           ``{name: {weight, **hyper-parameters}}`` of the run's distillation objectives
 dataset              ``data.name``: the table a run belongs to (``ms1mv2``, ``synthetic``, ...)
+data_record          what defines the data, for telling runs on different data apart (ekd-table never
+                     averages runs whose records differ): for synthetic data the generator's
+                     ``synthetic.json`` (``generator_version`` and its arguments; ``root`` / ``path``
+                     keys are ignored); null when not recorded
 student              registry name of the trained backbone; ``student_label`` its display name
 teacher              registry name of the teacher (null without distillation), with
                      ``teacher_checkpoint`` (path) and ``teacher_sha256`` (hash of that file)
@@ -39,6 +43,10 @@ roc                  ``{set: {"fpr": [...], "tpr": [...]}}`` down-sampled ROC cu
 params, macs         parameters and multiply-accumulates (112 x 112) of the trained backbone
 throughput           ``{"images_per_s", "batch_size", "iterations", "device", "threads"}`` or null
 global_step, epochs  optimizer steps and epochs the fit ran
+train_batch_size     training images per optimizer step, all processes and accumulation included (null
+                     when not recorded); ``global_step x train_batch_size / fit_time_s`` is the table's
+                     training images/s
+peak_memory_mib      the run's peak memory during the fit in MiB (null when not recorded)
 fit_time_s           seconds in ``Trainer.fit``; ``wall_time_s`` the whole run
 git_commit           ``git rev-parse HEAD`` of the source checkout (``+dirty`` with local changes)
 output_dir           the run directory; ``checkpoint`` its last Lightning checkpoint (or null) and
@@ -110,6 +118,9 @@ class RunResults:
     global_step: int | None = None
     epochs: int | None = None
     fit_time_s: float | None = None
+    train_batch_size: int | None = None
+    peak_memory_mib: float | None = None
+    data_record: dict[str, Any] | None = None
     wall_time_s: float | None = None
     git_commit: str | None = None
     output_dir: str | None = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 
 from ekd.cli.table import main
 from ekd.report import RunResults, write_results
+from ekd.report.table import CSV_FIELDS
 
 # label / order / paper row as ekd-train records them from the method files (conf/distill)
 ROWS = {"none": ("no KD", 10.0, "MobileFaceNet (no KD)"), "rkd": ("RKD", 70.0, "RKD")}
@@ -53,6 +55,18 @@ def test_table_from_two_sweep_dirs(tmp_path, capsys):
     # run averages (99.50 + 95.60) / 2 = 97.55 and (99.70 + 96.00) / 2 = 97.85; no KD 97.20 and 97.40
     assert float(avg["mean"]) == pytest.approx(97.70, abs=1e-9)
     assert float(avg["delta"]) == pytest.approx(97.70 - 97.30, abs=1e-9)
+    # statistics: RKD vs no KD on LFW, 2 runs each with equal spread -> Welch df = 2, where the t CDF has
+    # the closed form 1/2 + t / (2 sqrt(2 + t^2)): t = 0.1 / sqrt(0.02 / 2 + 0.02 / 2), p = 0.553
+    assert list(rows[0]) == list(CSV_FIELDS)
+    lfw = next(r for r in rows if r["method"] == "rkd" and r["column"] == "LFW")
+    t = 0.1 / math.sqrt(0.02)
+    assert float(lfw["p_value"]) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert float(lfw["p_value"]) <= float(lfw["p_holm"]) <= 1.0  # Holm over the table's 3 tests
+    # 95 % interval of the no-KD LFW mean: t_{0.975, 1} = tan(0.475 pi), s / sqrt(2) = 0.1
+    none_lfw = next(r for r in rows if r["method"] == "none" and r["column"] == "LFW")
+    assert float(none_lfw["ci95"]) == pytest.approx(math.tan(0.475 * math.pi) * 0.1, rel=1e-6)
+    assert none_lfw["p_value"] == ""  # the baseline is not tested against itself
+    assert "p Holm-adjusted over this table's 3 tests" in printed
 
 
 def test_failed_runs_are_counted_and_listed(tmp_path, capsys):

@@ -190,7 +190,8 @@ def test_the_caption_names_the_ijb_protocol(tmp_path):
     assert table.ijb_protocols == ["tface, 32-true"] and not table.notes
     caption = "IJB columns: TPR (%) at the FPR named, IJB-B/C 1:1 protocol tface, 32-true (docs/methods.md)."
     assert caption in to_markdown(table) and f"% {caption}" in to_latex(table)
-    # a run recorded before ekd recorded protocols, and one with insightface: named, and a note
+    # a run recorded before ekd recorded protocols, and one with insightface: never averaged with the
+    # others -- one table per protocol, each titled by what sets it apart
     old = _result("ekd", 0, {"lfw": 99.5})
     old.metrics["ijbc"] = {"tpr_at_fpr": {"1e-4": 0.9}}
     insightface = {
@@ -199,9 +200,20 @@ def test_the_caption_names_the_ijb_protocol(tmp_path):
     }
     other = _result("kd", 0, {"lfw": 99.5}, eval_protocol=insightface)
     other.metrics["ijbc"] = {"tpr_at_fpr": {"1e-4": 0.9}}
-    (mixed,) = build_tables([*runs, old, other])
-    assert mixed.ijb_protocols == ["tface, 32-true", "not recorded", "insightface, 32-true"]
-    assert any("different protocols" in note and "not comparable" in note for note in mixed.notes)
+    tables = build_tables([*runs, old, other])
+    assert [(t.group, [r.method for r in t.rows]) for t in tables] == [
+        ("IJB tface", ["none"]),
+        ("eval protocol not recorded", ["ekd"]),
+        ("IJB insightface", ["kd"]),
+    ]
+    assert [t.ijb_protocols for t in tables] == [
+        ["tface, 32-true"],
+        ["not recorded"],
+        ["insightface, 32-true"],
+    ]
+    markdown = to_markdown(tables)
+    assert "### verification accuracy (%) on ms1mv2 — IJB insightface" in markdown
+    assert "protocol insightface, 32-true (docs/methods.md)" in markdown
     # without IJB columns there is no IJB caption, whatever was recorded
     (plain,) = build_tables([_result("none", 0, {"lfw": 99.0}, eval_protocol=TFACE_RECORD)])
     assert "IJB columns" not in to_markdown(plain) and plain.ijb_protocols == []
