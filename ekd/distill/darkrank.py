@@ -10,6 +10,10 @@ computed in log space with logsumexp (scores reach -alpha 2^beta = -24, so no ex
 
 - ``variant="hard"``: L_hard = -mean_q log P(pi_t | S_s), the student's log-likelihood of the teacher's
   order. Not zero when the student equals the teacher (P < 1 unless the scores are infinitely apart).
+  The only DarkRank of the code behind the EKD paper's Table 2 (Tencent/TFace
+  ``recognition/tasks/ekd/distillation/darkrank.py``, ``HardDarkRank(alpha=3, beta=3, permute_len=3)``),
+  which it equals (tests/distill/test_darkrank.py) except at exact ties with the query: TFace drops the
+  first entry of the teacher's sorted row, assumed to be the query; ekd masks the query itself.
 - ``variant="soft"`` (default): L_soft = mean_q KL(P(. | S_t) || P(. | S_s)) over the L! permutations
   of the teacher's list, i.e. ListNet with the *permutation* probability distribution, exactly the
   soft loss of the DarkRank paper. It is chosen over ListNet's top-one approximation because the list

@@ -13,7 +13,8 @@ reference text: the clamp applies to the margin m_i (it keeps m_i inside [M_min,
 are negative); max_j c_j is floored at a small positive value, so a batch whose c are all <= 0 gets
 M_min everywhere. The margins come from the teacher only (no gradient). Where theta + m_i > pi the
 target logit is no longer monotonic in theta: as in ArcFace, cos(theta + m) is used while
-cos(theta) > cos(pi - m) and cos(theta) - m sin(pi - m) otherwise (the insightface rule, per sample).
+cos(theta) > cos(pi - m) and cos(theta) - m sin(pi - m) otherwise (the rule of ekd's default ArcFace, TFace's
+head and insightface before 2022-12; per sample).
 
 The objective computes the student's logits itself from ``student.embedding`` and the frozen centres
 (requires = embedding), so it is independent of the student's own head; in the paper it replaces the

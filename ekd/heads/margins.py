@@ -17,12 +17,22 @@ in the target logit.
   training-mode forward *with labels* before lambda is read (so the first step uses it = 1, as in
   Caffe). Margin-free calls (labels=None, e.g. KD logits) do not advance it.
 * ``cosface`` (LMCL, Wang et al. CVPR 2018): z_y = s (cos theta_y - m), s = 64, m = 0.35.
-* ``arcface`` (Deng et al. CVPR 2019): z_y = s cos(theta_y + m), s = 64, m = 0.5. Past theta + m > pi
-  the target is no longer decreasing in theta, so where cos theta <= cos(pi - m) it becomes
-  cos theta - m sin(pi - m) (the insightface rule; note it jumps down by 1 - cos m - m sin m at the
-  threshold, it is monotonic but not continuous). ``easy_margin``: margin only where cos theta > 0.
-  ``straight_through=True`` reproduces insightface's arcface_torch (margin computed under no_grad):
-  same forward value, gradient of s cos theta_y.
+* ``arcface`` (Deng et al. CVPR 2019), s = 64, m = 0.5, two rules:
+
+  - default (``straight_through=False``), the classic rule with the fix: z_y = s cos(theta_y + m)
+    where cos theta_y > cos(pi - m); past theta_y + m > pi, where cos(theta + m) would rise again, it
+    becomes s (cos theta_y - m sin(pi - m)); it jumps down by 1 - cos m - m sin m at the threshold,
+    monotonic but not continuous. Exact gradient of that value. This is the head the EKD paper's code
+    trains with (TFace ``recognition/torchkit/head/distfc/arcface.py``, ``easy_margin=False``) and
+    insightface's arcface_torch ``losses.py`` until 2022-12 (``2e2e8c97`` ... ``5ef98047``).
+  - ``straight_through=True``: insightface's current arcface_torch (``losses.py`` since ``657ae30e``,
+    2022-12, ``CombinedMarginLoss(s, 1, m, 0)`` and ``ArcFace``): z_y = s cos(theta_y + m)
+    *everywhere*, no fix past theta_y > pi - m (there the target logit rises again, up to
+    s cos(pi + m) = -s cos m at theta_y = pi); the margin is applied under no_grad, so the gradient of
+    every logit is that of s cos theta.
+
+  ``easy_margin``: margin only where cos theta > 0 (cos theta elsewhere); with ``straight_through`` it
+  keeps the value and takes the gradient of s cos theta.
 * ``combined`` (insightface's combined margin): z_y = s (cos(m1 theta + m2) - m3); ArcFace is
   (1, 0.5, 0), CosFace (1, 0, 0.35). Past m1 theta + m2 > pi it continues monotonically like
   SphereFace: (-1)^k cos(m1 theta + m2) - 2k, k = floor((m1 theta + m2) / pi) (continuous; for m1 = 1
@@ -204,7 +214,8 @@ def arcface_target(cos: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
 
 @register_head("arcface")
 class ArcFaceHead(_NormalisedHead):
-    """Additive angular margin: target s cos(theta + m) with the theta + m > pi fix (module docstring)."""
+    """Additive angular margin s cos(theta + m): with the theta + m > pi fix by default, everywhere and
+    with the gradient of s cos theta when ``straight_through`` (insightface's arcface_torch; module doc)."""
 
     def __init__(
         self,
@@ -222,13 +233,17 @@ class ArcFaceHead(_NormalisedHead):
         self.m, self.easy_margin, self.straight_through = float(m), bool(easy_margin), bool(straight_through)
 
     def target(self, cos: torch.Tensor) -> torch.Tensor:
-        if self.easy_margin:
-            phi = torch.where(cos > 0, torch.cos(safe_acos(cos) + self.m), cos)
-        else:
-            phi = arcface_target(cos, self.m)
         if self.straight_through:
-            phi = cos + (phi - cos).detach()
-        return phi
+            # insightface's CombinedMarginLoss: acos, + m, cos under no_grad, so autograd sees only cos
+            # (and no fix past pi - m); the gradient-free acos may take +-1 exactly.
+            with torch.no_grad():
+                phi = torch.cos(torch.acos(cos.clamp(-1.0, 1.0)) + self.m)
+                if self.easy_margin:
+                    phi = torch.where(cos > 0, phi, cos)
+            return cos + (phi - cos).detach()
+        if self.easy_margin:
+            return torch.where(cos > 0, torch.cos(safe_acos(cos) + self.m), cos)
+        return arcface_target(cos, self.m)
 
     def extra_repr(self) -> str:
         return (

@@ -1,5 +1,6 @@
 """DarkRank: golden values (hard, soft permutation, soft top-one) from explicit loops, limiting cases,
-stability, gradcheck, bad input."""
+stability, gradcheck, bad input; the hard variant against TFace's ``HardDarkRank`` restated in plain
+torch ops (Tencent/TFace ``recognition/tasks/ekd/distillation/darkrank.py``), value and gradient."""
 
 from __future__ import annotations
 
@@ -115,3 +116,58 @@ def test_bad_input():
     with pytest.raises(ValueError, match="top_one"):
         create("darkrank", list_length=8)
     assert create("darkrank", list_length=8, soft_distribution="top_one").list_length == 8
+
+
+def tface_hard_darkrank(g_s: torch.Tensor, g_t: torch.Tensor, alpha=3, beta=3, permute_len=3) -> torch.Tensor:
+    """TFace ``HardDarkRank.forward`` with its ``euclidean_dist`` (darkrank.py; defaults 3, 3, 3)."""
+
+    def euclidean_dist(x, y):
+        m, n = x.size(0), y.size(0)
+        xx = torch.pow(x, 2).sum(1, keepdim=True).expand(m, n)
+        yy = torch.pow(y, 2).sum(1, keepdim=True).expand(n, m).t()
+        dist = torch.addmm(xx + yy, x, y.t(), beta=1, alpha=-2)
+        return dist.clamp(min=1e-12).sqrt()
+
+    g_s = torch.nn.functional.normalize(g_s)
+    g_t = torch.nn.functional.normalize(g_t)
+    score_teacher = -1 * alpha * euclidean_dist(g_t, g_t).pow(beta)
+    score_student = -1 * alpha * euclidean_dist(g_s, g_s).pow(beta)
+    # the teacher's ranking without its first entry (the query itself, at distance ~0)
+    permute_idx = score_teacher.sort(dim=1, descending=True)[1][:, 1 : (permute_len + 1)]
+    ordered_student = torch.gather(score_student, 1, permute_idx)
+    suffix = [torch.logsumexp(ordered_student[:, i:], dim=1) for i in range(permute_idx.size(1))]
+    log_prob = (ordered_student - torch.stack(suffix, dim=1)).sum(dim=1)
+    return (-1 * log_prob).mean()
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta", "length", "shape_s", "shape_t"),
+    [(3, 3, 3, (8, 4), (8, 6)), (2.0, 2.0, 4, (9, 3), (9, 3)), (3, 1.5, 2, (6, 5), (6, 2))],
+)
+def test_hard_equals_tface_hard_darkrank_value_and_gradient(alpha, beta, length, shape_s, shape_t):
+    s, t = rng(31).standard_normal(shape_s) * 2.0, rng(32).standard_normal(shape_t)
+    s_t = torch.tensor(s, requires_grad=True)
+    objective = create("darkrank", variant="hard", alpha=alpha, beta=beta, list_length=length)
+    loss = objective(feats(s_t), feats(t), torch.zeros(len(s)))
+    loss.backward()
+    s_ref = torch.tensor(s, requires_grad=True)
+    ref = tface_hard_darkrank(s_ref, torch.tensor(t), alpha, beta, length)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(s_t.grad.numpy(), s_ref.grad.numpy(), rtol=1e-9, atol=1e-14)
+    # the plain-math loop agrees with both
+    assert loss.item() == pytest.approx(
+        ref_darkrank(s, t, "hard", alpha=alpha, beta=beta, length=length), rel=1e-9
+    )
+
+
+def test_hard_equals_tface_when_the_student_is_the_teacher():
+    t = rng(33).standard_normal((7, 5))
+    t_t = torch.tensor(t, requires_grad=True)
+    loss = create("darkrank", variant="hard")(feats(t_t), feats(t), torch.zeros(7))
+    loss.backward()
+    t_ref = torch.tensor(t, requires_grad=True)
+    ref = tface_hard_darkrank(t_ref, torch.tensor(t))
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12) and loss.item() > 0
+    np.testing.assert_allclose(t_t.grad.numpy(), t_ref.grad.numpy(), rtol=1e-9, atol=1e-14)

@@ -42,7 +42,9 @@ LABELS = np.array([0, 1, 2, 3, 1])
 
 
 def test_registry_lists_every_head_and_rejects_unknown_names():
-    assert heads.list_heads() == ["arcface", "combined", "cosface", "normface", "softmax", "sphereface"]
+    listed = heads.list_heads()  # other modules may register more heads (e.g. adaface)
+    assert listed == sorted(listed)
+    assert {"arcface", "combined", "cosface", "normface", "softmax", "sphereface"} <= set(listed)
     with pytest.raises(ValueError, match="unknown recognition head 'arcfce'.*arcface, combined"):
         heads.create("arcfce", D, C)
     with pytest.raises(ValueError, match="'cosface' has no hyper-parameter.*'margin'.*accepts"):
@@ -133,20 +135,96 @@ def test_arcface_random_inputs_and_margin_free_logits():
     np.testing.assert_allclose(_head("arcface", wt)(xt).detach().numpy(), s * cos, rtol=1e-12)
 
 
-def test_arcface_straight_through_same_value_cos_gradient():
-    xt, wt, _, _ = _inputs(1)
+def insightface_arcface_logits(x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, s: float, m: float):
+    """insightface arcface_torch as of 7fadd420: ``partial_fc_v2.py`` (cosines clamped to [-1, 1],
+    L163) then ``losses.py`` ``CombinedMarginLoss(s, m1=1, m2=m, m3=0).forward``, restated."""
+    logits = torch.nn.functional.linear(torch.nn.functional.normalize(x), torch.nn.functional.normalize(w))
+    logits = logits.clamp(-1, 1)
+    index_positive = torch.where(labels != -1)[0]
+    target_logit = logits[index_positive, labels[index_positive].view(-1)]
+    with torch.no_grad():
+        target_logit.arccos_()
+        logits.arccos_()
+        final_target_logit = target_logit + m
+        logits[index_positive, labels[index_positive].view(-1)] = final_target_logit
+        logits.cos_()
+    return logits * s
+
+
+def _head_fn(name: str, **hparams):
+    """The head's logits as a function of (x, W, labels), differentiable w.r.t. both x and W."""
+    head = heads.create(name, D, C, **hparams).double()
+    return lambda x, w, labels: head.compute_logits(x, w, labels)
+
+
+def _logits_and_grads(fn, x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, cross_entropy: bool = True):
+    """Logits, and the gradients w.r.t. x and W of a loss that weighs every logit differently
+    (plus the cross-entropy, whose gradient also depends on the logits' values, when asked)."""
+    x, w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    logits = fn(x, w, labels)
+    probe = torch.linspace(-1.0, 2.0, logits.numel(), dtype=logits.dtype).reshape(logits.shape)
+    loss = (logits * probe).sum()
+    if cross_entropy:
+        loss = loss + torch.nn.functional.cross_entropy(logits, labels, ignore_index=-1)
+    loss.backward()
+    return logits.detach(), x.grad, w.grad
+
+
+@pytest.mark.parametrize("m", [0.5, 0.4, 1.2])
+def test_arcface_straight_through_is_insightface_combined_margin_everywhere(m):
+    s = 64.0
+    # target angles across [0, pi], several past pi - m (where the default rule switches to the fix)
+    thetas = [0.0, 0.3, 1.2, math.pi - m - 0.05, math.pi - m + 0.05, math.pi - m + 0.3, 3.0, math.pi]
+    x = torch.tensor([_unit(t) for t in thetas], dtype=torch.float64) * 2.5
+    off_plane = np.random.default_rng(1).normal(size=(len(thetas) - 2, D))
+    x[1:-1] += 0.01 * torch.tensor(off_plane)
+    weight = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-0.6, 0.8, 0]], dtype=torch.float64) * 3
+    on_centre_0 = torch.zeros(len(thetas), dtype=torch.long)  # x[0] at theta 0, x[-1] at pi (to rounding)
+    # -1: the target class is not among these centres (a shard of the head), no margin on that row
+    for labels in (on_centre_0, torch.tensor([0, 1, 0, -1, 3, 0, 2, -1])):
+        got = _logits_and_grads(_head_fn("arcface", s=s, m=m, straight_through=True), x, weight, labels)
+        ref = _logits_and_grads(lambda a, b, c: insightface_arcface_logits(a, b, c, s, m), x, weight, labels)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    # past pi - m the value is s cos(theta + m) (rising again), not the default rule's
+    value = _head_fn("arcface", s=s, m=m, straight_through=True)(x, weight, on_centre_0)[:, 0].numpy()
+    cos = _np_cos(x.numpy(), weight.numpy())[:, 0]
+    np.testing.assert_allclose(value, s * np.cos(np.arccos(np.clip(cos, -1, 1)) + m), rtol=1e-10, atol=1e-10)
+    default = _head_fn("arcface", s=s, m=m)(x, weight, on_centre_0)[:, 0].detach().numpy()
+    past = cos <= math.cos(math.pi - m)
+    assert past.sum() >= 3
+    # (at cos = 1 exactly the default rule's clamped acos, kept for a finite gradient, is ~1e-6 off)
+    inside = ~past & (cos < 1 - 1e-9)
+    np.testing.assert_allclose(value[inside], default[inside], rtol=1e-9, atol=1e-9)
+    assert np.all(value[past] > default[past])  # the fix lies below cos(theta + m) there
+    assert value[-1] == pytest.approx(-s * math.cos(m), rel=1e-12)  # theta = pi: s cos(pi + m)
+
+
+def test_arcface_straight_through_gradient_is_that_of_s_cos_theta_default_is_exact():
+    xt, wt, x, w = _inputs(1)
     labels = torch.tensor(LABELS)
-    true_head, st_head = _head("arcface", wt), _head("arcface", wt, straight_through=True)
-    plain = _head("normface", wt, scale=64.0)  # s cos theta, whose gradient straight-through copies
-    grads = []
-    for head in (true_head, st_head, plain):
-        x = xt.clone().requires_grad_(True)
-        logits = head(x, labels)
-        (logits * torch.arange(C, dtype=torch.float64)).sum().backward()
-        grads.append((logits.detach(), x.grad))
-    torch.testing.assert_close(grads[0][0], grads[1][0])
-    torch.testing.assert_close(grads[1][1], grads[2][1])
-    assert not torch.allclose(grads[0][1], grads[1][1])
+    exact = _logits_and_grads(_head_fn("arcface"), xt, wt, labels, cross_entropy=False)
+    straight = _logits_and_grads(
+        _head_fn("arcface", straight_through=True), xt, wt, labels, cross_entropy=False
+    )
+    # s cos theta for every logit, whose gradient the straight-through rule takes: NormFace with s = 64
+    plain = _logits_and_grads(_head_fn("normface", scale=64.0), xt, wt, labels, cross_entropy=False)
+    torch.testing.assert_close(straight[1], plain[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(straight[2], plain[2], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(exact[1], straight[1])  # the default rule differentiates the margin
+    inside = torch.tensor(np.arccos(_np_cos(x, w)) + 0.5 < math.pi)  # there both rules agree in value
+    assert inside.sum() > 10
+    torch.testing.assert_close(exact[0][inside], straight[0][inside], rtol=1e-10, atol=1e-10)
+
+
+def test_arcface_straight_through_with_easy_margin_keeps_the_easy_value():
+    weight = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, 0, 0]], dtype=torch.float64)
+    thetas = [0.3, 1.2, 2.0, 3.0]
+    x = torch.tensor([_unit(t) for t in thetas], dtype=torch.float64)
+    labels = torch.zeros(len(thetas), dtype=torch.long)
+    got = _head("arcface", weight, easy_margin=True, straight_through=True)(x, labels)[:, 0].detach().numpy()
+    expected = [64 * (math.cos(t + 0.5) if math.cos(t) > 0 else math.cos(t)) for t in thetas]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
 def _np_psi(theta: float, m: int) -> float:
