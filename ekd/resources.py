@@ -1,0 +1,54 @@
+"""Peak memory of a fit, for the cost columns of the comparison table.
+
+On a CUDA device the figure is the peak of memory allocated by tensors on that device
+(``torch.cuda.max_memory_allocated``, reset at fit start): what the training needs, not what the
+caching allocator keeps. On the CPU it is the peak resident set size of the process during the fit:
+Linux's ``VmHWM`` (``/proc/self/status``), reset at fit start by writing 5 to
+``/proc/self/clear_refs``. Where that reset is not possible the figure would be the process's
+lifetime peak (which in a multirun process includes earlier jobs), so none is recorded instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _cuda(device: torch.device | str | None) -> bool:
+    return device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def reset_peak_memory(device: torch.device | str | None) -> bool:
+    """Start a new peak for ``device`` (a CUDA device, else this process's RSS); False when impossible."""
+    if _cuda(device):
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        return False
+    return peak_rss_mib() is not None
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set size (VmHWM) in MiB; None off Linux."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # reported in kB
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mib(device: torch.device | str | None, was_reset: bool) -> float | None:
+    """The peak since :func:`reset_peak_memory` in MiB (None when the reset was impossible)."""
+    if not was_reset:
+        return None
+    if _cuda(device):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
