@@ -34,6 +34,8 @@ from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgre
 from pytorch_lightning.utilities.data import extract_batch_size
 from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
+from ekd.data.batch import FaceBatch
+
 
 def format_duration(seconds: float) -> str:
     """``H:MM:SS`` (hours unbounded: ``27:00:00`` rather than ``1 day, 3:00:00``)."""
@@ -44,28 +46,30 @@ def format_duration(seconds: float) -> str:
 
 
 class _Window:
-    """Images, time and losses since some point (the previous line, the epoch start, the fit start)."""
+    """Images, time and losses since some point (the previous line, the epoch start, the fit start).
+
+    The losses are host numbers: the steps' losses are summed on their device by :class:`LogProgress`
+    and read back (one sync) only when a line is printed, then added to every open window.
+    """
 
     def __init__(self, now: float) -> None:
         self.start = now
         self.images = 0
-        self.loss_sum: torch.Tensor | float = 0.0
+        self.loss_sum = 0.0
         self.losses = 0
         self.skipped = 0
 
-    def add(self, images: int, loss: torch.Tensor | None) -> None:
+    def add(self, images: int, has_loss: bool) -> None:
         self.images += images
-        if loss is None:
-            self.skipped += 1
-        else:
-            # summed on the loss's device: reading it back (a sync) waits for the next printed line
-            self.loss_sum = self.loss_sum + loss.detach().float()
+        if has_loss:
             self.losses += 1
+        else:
+            self.skipped += 1
 
     def loss_text(self) -> str:
         if not self.losses:
             return "loss n/a"
-        return f"loss {float(self.loss_sum) / self.losses:.4g}"
+        return f"loss {self.loss_sum / self.losses:.4g}"
 
     def rate_text(self, now: float) -> str:
         elapsed = now - self.start
@@ -99,6 +103,8 @@ class LogProgress(ProgressBar):
         self._epoch_index = 0
         self._last_printed_step = -1
         self._module_skipped: int | None = None
+        # losses since the last printed line, summed on their device (no sync per step)
+        self._unread_loss: torch.Tensor | float = 0.0
         now = clock()
         self._fit = _Window(now)
         self._epoch = _Window(now)
@@ -135,6 +141,7 @@ class LogProgress(ProgressBar):
         self._fit = _Window(now)
         self._epoch = _Window(now)
         self._interval = _Window(now)
+        self._unread_loss = 0.0
         self._start_step = trainer.global_step  # a resumed fit: the ETA uses this fit's steps only
         self._last_printed_step = trainer.global_step
         self._module_skipped = _skipped_steps(pl_module)
@@ -152,12 +159,15 @@ class LogProgress(ProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         images = _batch_size(batch) * trainer.world_size
         loss = self._step_loss(trainer, pl_module, outputs)
+        if loss is not None:
+            self._unread_loss = self._unread_loss + loss  # one tiny op on the loss's device
         for window in (self._fit, self._epoch, self._interval):
-            window.add(images, loss)
+            window.add(images, loss is not None)
         step = trainer.global_step
         # with gradient accumulation several batches end on the same step: one line per step
         if step % self.every_n_steps == 0 and step != self._last_printed_step:
             self._last_printed_step = step
+            self._read_losses()
             now = self.clock()
             parts = [
                 f"step {self._steps_text(step)}",
@@ -170,6 +180,7 @@ class LogProgress(ProgressBar):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
+        self._read_losses()
         now = self.clock()
         step = trainer.global_step
         parts = [
@@ -195,6 +206,16 @@ class LogProgress(ProgressBar):
 
     # -- pieces ----------------------------------------------------------------------------------
 
+    def _read_losses(self) -> None:
+        """Add the losses summed on the device since the last line to the open windows (one sync).
+
+        Every line reads them, so the unread steps lie inside the current interval and epoch."""
+        if isinstance(self._unread_loss, torch.Tensor):
+            value = float(self._unread_loss)
+            self._epoch.loss_sum += value
+            self._interval.loss_sum += value
+        self._unread_loss = 0.0
+
     def _step_loss(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any
     ) -> torch.Tensor | None:
@@ -207,8 +228,10 @@ class LogProgress(ProgressBar):
             return None
         if not isinstance(loss, torch.Tensor):
             return None
+        loss = loss.detach()
         # Lightning divides the loss by accumulate_grad_batches before handing it over
-        return loss * trainer.accumulate_grad_batches
+        accumulate = trainer.accumulate_grad_batches
+        return loss.float() * accumulate if accumulate != 1 else loss.float()
 
     def _steps_text(self, step: int) -> str:
         return f"{step}/{self._total_steps}" if self._total_steps is not None else str(step)
@@ -240,6 +263,11 @@ def _skipped_steps(pl_module: pl.LightningModule) -> int | None:
 
 
 def _batch_size(batch: Any) -> int:
+    # the usual batches directly (Lightning's extract_batch_size walks the whole structure: ~30 us)
+    if isinstance(batch, FaceBatch) and isinstance(batch.labels, torch.Tensor) and batch.labels.ndim:
+        return int(batch.labels.shape[0])
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor) and batch[0].ndim:
+        return int(batch[0].shape[0])
     try:
         return int(extract_batch_size(batch))
     except Exception:  # a batch without tensors: count no images rather than fail the fit

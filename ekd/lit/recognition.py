@@ -14,23 +14,45 @@ objectives run in float32 with autocast off, on float32 copies of the features: 
 '16-mixed' the fp16 cosine near 1 resolves angles to ~0.03 rad, which ArcFace's margin arithmetic
 cannot afford. The backbones still run under the Trainer's autocast.
 
-Non-finite guard (``nonfinite``). After the forward every term is checked (one device sync per
-step); under DDP the verdict is all-reduced so that every rank takes the same branch.
-- ``"stop"``: raise :class:`NonFiniteLossError` naming the global step and the offending term(s).
-  No checkpoint is written for the failed step, so the last good one stays on disk.
-- ``"skip"``: no parameter update for this step. Single process: ``training_step`` returns None
-  (Lightning skips backward). DDP: Lightning forbids returning None there, so the step returns a
-  zero loss built from the trainable parameters (every gradient is exactly 0, DDP's reducer is
-  satisfied) and :meth:`optimizer_step` then leaves the optimizer untouched (no momentum or weight
-  decay drift). BN running statistics touched by the bad forward are restored. The global step and
-  the lr schedule still advance (one batch consumed); ``train/skipped_steps`` counts the skips.
-  DDP caveats: the check costs one tiny all-reduce per step, and with ``accumulate_grad_batches > 1``
-  a bad micro-batch drops the whole accumulated update.
+Non-finite guard (``nonfinite``). The loss and each term are checked for NaN / Inf on the device at
+every step; under DDP the verdict is all-reduced so that every rank takes the same branch.
+- ``"stop"`` (default): raise :class:`NonFiniteLossError` naming the first non-finite step (global
+  step, epoch) and its non-finite term(s). The verdict is read back (one device sync for all the
+  steps since the previous read) on the steps the loggers write (``trainer.log_every_n_steps``;
+  every 50 steps when step logging is off), at every epoch end, at the end of the fit and before every
+  checkpoint is written (:meth:`on_save_checkpoint` raises instead). So the error comes at most
+  ``log_every_n_steps - 1`` optimizer steps after the bad one (those steps update the weights in
+  memory, with non-finite values; a bad step that is itself a log step is caught before its update),
+  no checkpoint and no logged value of a step from the bad one on is ever written, and the last
+  checkpoint on disk predates the bad step. ``trainer.log_every_n_steps=1`` checks every step.
+- ``"skip"``: no parameter update for this step, so the verdict is read back at every step (one
+  device sync per step). Single process: ``training_step`` returns None (Lightning skips backward).
+  DDP: Lightning forbids returning None there, so the step returns a zero loss built from the
+  trainable parameters (every gradient is exactly 0, DDP's reducer is satisfied) and
+  :meth:`optimizer_step` then leaves the optimizer untouched (no momentum or weight decay drift). BN
+  running statistics touched by the bad forward are restored. The global step and the lr schedule
+  still advance (one batch consumed); ``train/skipped_steps`` counts the skips. DDP caveats: the check
+  costs one tiny all-reduce per step, and with ``accumulate_grad_batches > 1`` a bad micro-batch drops
+  the whole accumulated update.
 
-Logged per step (``train/``): ``loss``, ``loss_recognition``, ``loss_<aux>``, ``acc`` (batch accuracy
-of the margin-free logits on the recognition rows), ``lr``, ``embedding_norm`` (mean L2 norm of the raw
-embeddings), ``skipped_steps`` (in "skip" mode). Loss terms are logged unweighted. Step values are
-this rank's (no per-step all-reduce); relational distillation terms are global anyway.
+Logged (``train/``): ``loss``, ``loss_<term>`` (unweighted), ``acc`` (batch accuracy of the
+margin-free logits on the recognition rows), ``embedding_norm`` (mean L2 norm of the raw embeddings),
+the objectives' ``log_items``, ``lr`` and, in "skip" mode, ``skipped_steps``. A step's values are
+stacked into one device tensor and added to the epoch sums on the device (no sync, no ``self.log``:
+Lightning's costs ~0.25-0.5 ms per value, a GPU step a few ms), then
+- ``train/<name>_step`` (``train/lr``, ``train/skipped_steps``): the value of that one step (not a
+  mean), on the steps the loggers write (``trainer.log_every_n_steps``, Lightning's rule), handed to
+  ``self.loggers`` directly with the keys, step and ``epoch`` Lightning's ``on_step`` logging gave
+  them (one read-back for all values). They are not in ``trainer.callback_metrics``; a progress bar
+  that shows metrics (a terminal's) gets ``loss``, ``acc`` and ``lr`` through ``self.log``;
+- ``train/<name>_epoch``: the mean over the epoch's steps weighted by the batch size (skipped steps
+  left out), through ``self.log`` in :meth:`on_train_epoch_end`, so it is in ``callback_metrics``
+  for the callbacks that monitor metrics (``ModelCheckpoint``, ``EarlyStopping``; Lightning runs the
+  other callbacks' epoch-end hooks before the module's). The epoch sums are in the checkpoint: a run
+  resumed mid-epoch logs the same epoch means as an uninterrupted one.
+``lr`` and ``skipped_steps`` have no epoch mean. Values are this rank's (no per-step all-reduce);
+relational distillation terms are global anyway. :attr:`last_logged` holds the latest step's values
+(for callbacks and tests).
 """
 
 from __future__ import annotations
@@ -48,6 +70,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as torch_dist
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from torch import nn
 
 from ekd import dist
@@ -68,6 +91,37 @@ CENTRES_KEYS: tuple[str, ...] = ("recognition.classifier.weight", "recognition.c
 
 class NonFiniteLossError(RuntimeError):
     """The loss or one of its terms became NaN or infinite (``nonfinite="stop"``)."""
+
+
+# "stop" mode reads the non-finite verdict back at least this often when the loggers write no steps
+DEFAULT_CHECK_INTERVAL = 50
+
+
+@dataclasses.dataclass
+class StepValues:
+    """The detached values of one training step, stacked into one float32 device vector.
+
+    ``names``: ``loss``, ``loss_<term>`` for each term, then the metrics; the first ``num_losses``
+    entries (the loss and its terms) are what the non-finite guard checks.
+    """
+
+    step: int
+    epoch: int
+    names: tuple[str, ...]
+    num_losses: int
+    vector: torch.Tensor
+
+    def losses(self) -> torch.Tensor:
+        return self.vector[: self.num_losses]
+
+    def describe(self) -> str:
+        """The non-finite terms as ``name=value`` (reads the vector back: the error path only)."""
+        total, *terms = self.vector[: self.num_losses].tolist()
+        names = [name.removeprefix("loss_") for name in self.names[1 : self.num_losses]]
+        bad = [f"{name}={value}" for name, value in zip(names, terms) if not math.isfinite(value)]
+        if bad:
+            return ", ".join(bad)
+        return f"total={total} (every term is finite: a weight times a huge term)"
 
 
 def plain(value: Any) -> Any:
@@ -223,8 +277,13 @@ class RecognitionModule(pl.LightningModule):
         self._skip_update = False
         self._warned_nonfinite_weights = False
         self._buffer_snapshot: list[torch.Tensor] | None = None
-        # detached values of the last logged step (for callbacks and tests)
-        self.last_logged: dict[str, torch.Tensor] = {}
+        self._last_values: StepValues | None = None  # the latest step's (see last_logged)
+        # "stop" mode: steps whose values are not checked yet (read back together, see check_nonfinite)
+        self._unchecked: list[StepValues] = []
+        # per-epoch sums on the device: names of a step -> [sum of batch_size * values, rows]
+        self._epoch_sums: dict[tuple[str, ...], list[Any]] = {}
+        self._epoch_of_sums: int | None = None
+        self._sums_restored = False
 
     # ------------------------------------------------------------------------------- construction
     def has_training_signal(self) -> bool:
@@ -307,6 +366,16 @@ class RecognitionModule(pl.LightningModule):
             return None
         return optimizer.step(closure=lambda: loss)
 
+    # ---------------------------------------------------------------------------------- loop costs
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets (and resets) _current_fx_name around every hook it calls, about 50 times a
+        # step; nn.Module.__setattr__ first checks each value against parameters, buffers and
+        # submodules, which costs more than the assignment. It is a plain string attribute.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # ------------------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw N x D student embeddings."""
@@ -388,44 +457,99 @@ class RecognitionModule(pl.LightningModule):
         face = face.normalised()
         images, labels = self._check_batch((face.images, face.labels))
         images = self._prepare_images(images)
-        if self.hparams.nonfinite == "skip":
+        skip_mode = self.hparams.nonfinite == "skip"
+        if skip_mode:
             self._snapshot_buffers()
+        self._last_values = None
         terms, metrics = self.loss_terms(images, labels)
         total = sum(weight * value for weight, value in terms.values())
-        if not self._all_finite(total, terms):
-            return self._handle_nonfinite(total, terms)
-        self._log_step(total, terms, metrics, images.shape[0])
+        values = self._step_values(total, terms, metrics)
+        if skip_mode:
+            # the update must not happen: the verdict is needed now (one device sync per step)
+            if not self._finite(values.losses()):
+                return self._handle_nonfinite()
+        else:
+            self._unchecked.append(values)  # read back later, with the steps around it
+        self._last_values = values
+        self._add_to_epoch(values, images.shape[0])
+        if self._logs_this_step():
+            self.check_nonfinite()  # nothing of a bad step reaches a logger
+            self._log_step()
+        elif len(self._unchecked) >= self._check_interval():
+            self.check_nonfinite()
         return total
 
-    def _all_finite(self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]) -> bool:
-        values = torch.stack(
-            [total.detach().float()] + [v.detach().float().reshape(()) for _, v in terms.values()]
-        )
-        bad = (~torch.isfinite(values)).any().float()
+    def _step_values(
+        self,
+        total: torch.Tensor,
+        terms: dict[str, tuple[float, torch.Tensor]],
+        metrics: dict[str, torch.Tensor],
+    ) -> StepValues:
+        """The step's loss, terms and metrics as one detached float32 device vector (one stack op)."""
+        names = ("loss", *(f"loss_{name}" for name in terms), *metrics)
+        items = [total, *(value for _, value in terms.values()), *metrics.values()]
+        with torch.no_grad():  # one op for all values (no graph, no per-value detach or cast)
+            vector = torch.stack([item.reshape(()) if item.ndim else item for item in items]).float()
+        return StepValues(self.global_step, self.current_epoch, names, 1 + len(terms), vector)
+
+    @property
+    def last_logged(self) -> dict[str, torch.Tensor]:
+        """The values of the latest step, by name (``loss``, ``loss_<term>``, metrics; detached float32
+        views); empty before the first step and after a skipped one. For callbacks and tests."""
+        values = self._last_values
+        return {} if values is None else dict(zip(values.names, values.vector.unbind()))
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step (Lightning's ``log_every_n_steps`` rule)."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        connector = getattr(trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
+
+    def _check_interval(self) -> int:
+        """Unchecked steps after which "stop" mode reads the verdict back even without a log step."""
+        every = int(getattr(self._trainer, "log_every_n_steps", 0) or 0) if self._trainer is not None else 0
+        return every if every > 0 else DEFAULT_CHECK_INTERVAL
+
+    def _finite(self, losses: torch.Tensor) -> bool:
+        """Whether every value is finite on every rank (one device sync; an all-reduce under DDP)."""
+        bad = (~torch.isfinite(losses)).any().float()
         if dist.is_distributed():
             torch_dist.all_reduce(bad, op=torch_dist.ReduceOp.MAX)  # every rank takes the same branch
         return not bool(bad.item())
 
-    def _handle_nonfinite(
-        self, total: torch.Tensor, terms: dict[str, tuple[float, torch.Tensor]]
-    ) -> torch.Tensor | None:
-        bad_terms = [
-            f"{name}={float(value.detach().float())}"
-            for name, (_, value) in terms.items()
-            if not bool(torch.isfinite(value.detach()).all())
-        ]
-        if bad_terms:
-            where = ", ".join(bad_terms)
-        elif not bool(torch.isfinite(total.detach())):
-            where = f"total={float(total.detach())} (every term is finite: a weight times a huge term)"
-        else:
+    def check_nonfinite(self) -> None:
+        """In "stop" mode: read back whether a step since the previous check had a non-finite loss or
+        term (one device sync for all of them) and raise :class:`NonFiniteLossError` naming the first.
+
+        A no-op when no step is pending. Under DDP it is a collective: every rank calls it at the same
+        steps (the module does: log steps, epoch ends, checkpoints, the end of the fit)."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked or self.hparams.nonfinite != "stop":
+            return
+        if self._finite(torch.cat([values.losses() for values in unchecked])):
+            return
+        first = next((values for values in unchecked if not self._finite_here(values)), None)
+        if first is None:
             where = f"on another rank (rank {dist.rank()} is finite)"
-        if self.hparams.nonfinite == "stop":
-            raise NonFiniteLossError(
-                f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): {where}. "
-                "Training stopped; the last checkpoint on disk predates this step. Lower the lr, check the "
-                "data, or use nonfinite='skip'."
-            )
+            step, epoch = unchecked[0].step, unchecked[0].epoch
+            when = f"global steps {step}-{unchecked[-1].step} (epoch {epoch})"
+        else:
+            where = first.describe()
+            when = f"global step {first.step} (epoch {first.epoch})"
+        raise NonFiniteLossError(
+            f"non-finite loss at {when}: {where}. Training stopped at global step {self.global_step}; no "
+            "checkpoint was written from that step on, so the last checkpoint on disk predates it. Lower "
+            "the lr, check the data, or use nonfinite='skip'."
+        )
+
+    @staticmethod
+    def _finite_here(values: StepValues) -> bool:
+        return bool(torch.isfinite(values.losses()).all())
+
+    def _handle_nonfinite(self) -> torch.Tensor | None:
+        """In "skip" mode: restore the BN statistics, count the skip and make the update a no-op."""
         self._restore_buffers()
         self.skipped_steps += 1
         self._skip_update = True
@@ -440,7 +564,10 @@ class RecognitionModule(pl.LightningModule):
                     "record null metrics",
                     stacklevel=2,
                 )
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self._trainer is not None:  # the loggers get it with the step values (_log_step)
+            self.log(
+                "train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, logger=False
+            )
         if dist.is_distributed():
             # Lightning forbids None under DDP: zero gradients for every trainable parameter
             params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
@@ -466,51 +593,111 @@ class RecognitionModule(pl.LightningModule):
                 buffer.copy_(saved)
         self._buffer_snapshot = None
 
-    def _log_step(
-        self,
-        total: torch.Tensor,
-        terms: dict[str, tuple[float, torch.Tensor]],
-        metrics: dict[str, torch.Tensor],
-        batch_size: int,
-    ) -> None:
-        self.last_logged = {"loss": total.detach()}
-        self.log(
-            "train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size
-        )
-        for name, (_, value) in terms.items():
-            self.last_logged[f"loss_{name}"] = value.detach()
-            self.log(f"train/loss_{name}", value.detach(), on_step=True, on_epoch=True, batch_size=batch_size)
-        for name, value in metrics.items():
-            self.last_logged[name] = value.detach()
-            self.log(
-                f"train/{name}",
-                value.detach(),
-                on_step=True,
-                on_epoch=True,
-                prog_bar=name == "acc",
-                batch_size=batch_size,
-            )
-        if self._trainer is not None and self.trainer.optimizers:
-            self.log(
-                "train/lr",
-                self.trainer.optimizers[0].param_groups[0]["lr"],
-                on_step=True,
-                on_epoch=False,
-                prog_bar=True,
-            )
-        if self.hparams.nonfinite == "skip":
-            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+    # ------------------------------------------------------------------------------------- logging
+    def _add_to_epoch(self, values: StepValues, batch_size: int) -> None:
+        """epoch sums += batch_size * values, on the device (what Lightning's on_epoch mean sums)."""
+        if self._epoch_of_sums != values.epoch:
+            self._epoch_sums = {}
+            self._epoch_of_sums = values.epoch
+        entry = self._epoch_sums.get(values.names)
+        if entry is None:
+            self._epoch_sums[values.names] = [values.vector * batch_size, batch_size]
+        else:
+            entry[0].add_(values.vector, alpha=batch_size)
+            entry[1] += batch_size
+
+    def epoch_means(self) -> dict[str, torch.Tensor]:
+        """Batch-size-weighted means of every value over this epoch's steps so far (0-d device tensors)."""
+        sums: dict[str, torch.Tensor] = {}
+        rows: dict[str, int] = {}
+        for names, (vector, count) in self._epoch_sums.items():
+            for name, value in zip(names, vector.unbind()):
+                sums[name] = sums[name] + value if name in sums else value
+                rows[name] = rows.get(name, 0) + count
+        return {name: sums[name] / rows[name] for name in sums}
+
+    def _log_step(self) -> None:
+        """This step's values as ``train/<name>_step`` to the loggers (on the steps they write).
+
+        They go to ``self.loggers`` directly, with the step and ``epoch`` Lightning would give them:
+        ``self.log`` costs ~0.25-0.5 ms per value (a distillation run logs ~20), and this is one
+        read-back for all. So they are not in ``trainer.callback_metrics`` (the epoch means are); a
+        progress bar that shows metrics (a terminal's) gets ``loss``, ``acc`` and ``lr`` via ``self.log``.
+        """
+        values = self._last_values
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None
+        if self.loggers and self.trainer.is_global_zero:
+            # the keys Lightning gave values logged both per step and per epoch: <name>_step, <name>_epoch
+            metrics = dict(zip((f"train/{name}_step" for name in values.names), values.vector.tolist()))
+            if lr is not None:
+                metrics["train/lr"] = lr
+            if self.hparams.nonfinite == "skip":
+                metrics["train/skipped_steps"] = float(self.skipped_steps)
+            metrics["epoch"] = self.current_epoch
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.global_step)
+        if isinstance(self.trainer.progress_bar_callback, (RichProgressBar, TQDMProgressBar)):
+            shown = {f"{name}_step": v for name, v in self.last_logged.items() if name in ("loss", "acc")}
+            if lr is not None:
+                shown["lr"] = lr
+            for name, value in shown.items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+
+    def on_train_start(self) -> None:
+        if self._sums_restored:  # a checkpoint's mid-epoch sums: they belong to the epoch being resumed
+            for entry in self._epoch_sums.values():
+                entry[0] = entry[0].to(self.device)  # restored before the module moved to its device
+        else:
+            self._epoch_sums, self._epoch_of_sums = {}, None
+        self._sums_restored = False
+        self._unchecked = []
+
+    def on_train_epoch_end(self) -> None:
+        self.check_nonfinite()  # before anything of a bad step is logged, evaluated or saved
+        if self._epoch_of_sums == self.current_epoch:
+            for name, value in self.epoch_means().items():
+                self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, batch_size=1)
+        self._epoch_sums, self._epoch_of_sums = {}, None
+
+    def on_train_end(self) -> None:
+        self.check_nonfinite()  # steps after the last epoch end (max_steps inside an epoch)
 
     # --------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # "stop" mode: a step with a non-finite loss may still be unchecked; raising here writes nothing
+        self.check_nonfinite()
         meta = checkpoint.setdefault(CHECKPOINT_META_KEY, {})
         meta["class_centres_key"] = self.teacher_centres_key()
         meta["skipped_steps"] = self.skipped_steps
+        meta["epoch_sums"] = self._epoch_sums_state()
         checkpoint[RNG_STATES_KEY] = gather_rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skipped_steps = int(checkpoint.get(CHECKPOINT_META_KEY, {}).get("skipped_steps", 0))
+        meta = checkpoint.get(CHECKPOINT_META_KEY, {})
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self._load_epoch_sums(meta.get("epoch_sums"))
         restore_rng_states(checkpoint.get(RNG_STATES_KEY))
+
+    def _epoch_sums_state(self) -> dict[str, Any] | None:
+        """The epoch sums so far (tensors, lists and numbers: weights_only-loadable), or None."""
+        if self._epoch_of_sums is None or not self._epoch_sums:
+            return None
+        return {
+            "epoch": self._epoch_of_sums,
+            "parts": [
+                {"names": list(names), "sums": vector.detach().cpu(), "rows": rows}
+                for names, (vector, rows) in self._epoch_sums.items()
+            ],
+        }
+
+    def _load_epoch_sums(self, state: dict[str, Any] | None) -> None:
+        self._epoch_sums, self._epoch_of_sums = {}, None
+        if not state:
+            return
+        self._epoch_of_sums = int(state["epoch"])
+        for part in state["parts"]:
+            self._epoch_sums[tuple(part["names"])] = [part["sums"].float(), int(part["rows"])]
+        self._sums_restored = True
 
 
 # Random-number generator states of every rank, so that a resumed run draws the same dropout masks,

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ekd.lit.distillation import DistillationModule
+from ekd.lit.recognition import NonFiniteLossError
 from tests.ddp_utils import run_gloo
 from tests.lit.common import (
     HEAD_SECTION,
@@ -108,6 +109,19 @@ def _worker(rank: int, world_size: int, teacher_path: str) -> dict[str, Any]:
         bool((p.grad == 0).all()) for p in module.parameters() if p.grad is not None
     )
     result["unchanged"] = all(torch.equal(before[n], p) for n, p in module.named_parameters())
+
+    # nonfinite="stop" reads its verdict back lazily (check_nonfinite, a collective): a NaN image on
+    # rank 1 only stops every rank, each naming its own non-finite terms (rank 0: only the relational
+    # ones, computed on the gathered global batch)
+    module.hparams.nonfinite = "stop"
+    module.check_nonfinite()  # the finite first step, still unchecked: no error on any rank
+    with torch.no_grad():
+        module.training_step((poisoned, labels[rows]), 2)
+    try:
+        module.check_nonfinite()
+        result["stop_message"] = None
+    except NonFiniteLossError as error:
+        result["stop_message"] = str(error)
     return result
 
 
@@ -140,3 +154,10 @@ def test_two_process_ddp_matches_one_process_with_the_doubled_batch(tmp_path):
             error = (result["grads"][name] - grad).norm() / grad.norm().clamp_min(1e-12)
             assert error < 1e-4, (name, float(error))
         assert result["skipped"] == 1 and result["skip_grads_zero"] and result["unchanged"]
+    named = []
+    for result in results:
+        head, where = result["stop_message"].split(": ", 1)
+        assert head == "non-finite loss at global step 0 (epoch 0)"
+        named.append({term.split("=")[0] for term in where.split(". Training")[0].split(", ")})
+    assert {"recognition", "kd", "rkd"} <= named[1]
+    assert "rkd" in named[0] and named[0] <= {"ekd", "rkd"}

@@ -44,7 +44,7 @@ class Diverge(pl.Callback):
                     parameter.fill_(math.nan)
 
 
-def _fit(tmp_path, nonfinite: str, poison: pl.Callback | None = None, callbacks: tuple = ()):
+def _fit(tmp_path, nonfinite: str, poison: pl.Callback | None = None, callbacks: tuple = (), **options):
     pl.seed_everything(0, verbose=False)
     data_root = write_records(tmp_path / "data", LABELS)
     module = DistillationModule(
@@ -59,18 +59,27 @@ def _fit(tmp_path, nonfinite: str, poison: pl.Callback | None = None, callbacks:
         dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=1, save_top_k=-1
     )
     fit = trainer(
-        max_steps=5, callbacks=[poison or PoisonBatch(), checkpoints, *callbacks], enable_checkpointing=True
+        max_steps=5,
+        callbacks=[poison or PoisonBatch(), checkpoints, *callbacks],
+        enable_checkpointing=True,
+        **options,
     )
     return module, fit, data
 
 
-def test_stop_names_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
-    module, fit, data = _fit(tmp_path, "stop")
+@pytest.mark.parametrize("every", [50, 1])
+def test_stop_names_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path, every):
+    """The check is read back on log steps (every ``log_every_n_steps``), at epoch ends and before every
+    checkpoint. With 50, the bad step's update happens and the checkpoint due after it is refused;
+    with 1, the bad step itself is caught before its update."""
+    module, fit, data = _fit(tmp_path, "stop", log_every_n_steps=every)
     with pytest.raises(NonFiniteLossError) as err:
         fit.fit(module, datamodule=data)
     message = str(err.value)
-    assert f"global step {BAD_STEP}" in message
+    assert f"non-finite loss at global step {BAD_STEP} (epoch 0)" in message
     assert "recognition=nan" in message and "mimic=nan" in message
+    detected = BAD_STEP + 1 if every > 1 else BAD_STEP
+    assert f"Training stopped at global step {detected}" in message
     saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert saved == [f"step={s}.ckpt" for s in range(1, BAD_STEP + 1)]  # nothing after the bad step
     last = torch.load(tmp_path / "ckpt" / f"step={BAD_STEP}.ckpt", map_location="cpu", weights_only=False)
@@ -78,10 +87,12 @@ def test_stop_names_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
     parameters = dict(module.named_parameters())
     for key, value in last["state_dict"].items():
         assert bool(torch.isfinite(value.float()).all()), key
-        # no update happened at the failed step: the weights are those of the checkpoint (BN running
-        # statistics in memory did see the bad forward; the file did not)
-        if key in parameters:
+        if key in parameters and every == 1:
+            # no update happened at the failed step: the weights are those of the checkpoint (BN
+            # running statistics in memory did see the bad forward; the file did not)
             torch.testing.assert_close(value, parameters[key].detach(), rtol=0, atol=0, msg=key)
+    if every > 1:  # the bad step's update ran before the check (in memory only)
+        assert not all(bool(torch.isfinite(p).all()) for p in module.student.parameters())
     # and it resumes
     resumed = DistillationModule.load_from_checkpoint(tmp_path / "ckpt" / f"step={BAD_STEP}.ckpt")
     assert resumed.hparams.nonfinite == "stop"

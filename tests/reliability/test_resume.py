@@ -35,16 +35,26 @@ class Kill(pl.Callback):
 
 
 class Record(pl.Callback):
-    """Per-step logged losses and a fingerprint of each batch (labels, pixel sum: order and flips)."""
+    """Per-step losses, a fingerprint of each batch (labels, pixel sum: order and flips) and the logged
+    epoch means of the loss (logged in the module's epoch-end hook: read when the next epoch starts and
+    when training ends)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
         self.batches: list[tuple[list[int], float]] = []
+        self.epoch_losses: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(trainer.callback_metrics["train/loss_step"]))
+        self.losses.append(float(pl_module.last_logged["loss"]))
         images, labels = batch.images, batch.labels
         self.batches.append((labels.tolist(), float(images.double().flip(-1).cumsum(-1).sum())))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if "train/loss_epoch" in trainer.callback_metrics:
+            self.epoch_losses.append(float(trainer.callback_metrics["train/loss_epoch"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.epoch_losses.append(float(trainer.callback_metrics["train/loss_epoch"]))
 
 
 def _data(root: Path) -> FaceDataModule:
@@ -103,6 +113,9 @@ def _assert_same_end(straight, resumed) -> None:
     # the steps after the resume saw the same batches and logged the same losses
     assert record_b.batches == record_a.batches[STOP_AFTER:]
     assert record_b.losses == pytest.approx(record_a.losses[STOP_AFTER:], rel=0, abs=1e-6)
+    # and the same epoch means: the interrupted epoch's too (its sums so far are in the checkpoint)
+    assert len(record_a.epoch_losses) == 2
+    assert record_b.epoch_losses == pytest.approx(record_a.epoch_losses, rel=0, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
