@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         tmp = tempfile.TemporaryDirectory()
         root = tmp.name
         ids = max(1, args.images // 20)
-        config = SyntheticConfig(identities=ids, images_per_identity=20, pairs=2, heldout_identities=2)
+        config = SyntheticConfig(
+            identities=ids, images_per_identity=20, pairs=2, heldout_identities=2, template_identities=0
+        )
         write_synthetic(root, config, verification_sets=())
     reader = RecordReader(Path(root) / "train.rec")
     dataset = FaceRecordDataset(root, flip=True)

@@ -41,7 +41,15 @@ def arguments(script: Path, quick: bool, tmp: Path) -> list[str]:
             from ekd.data.synthetic import SyntheticConfig, write_synthetic
 
             size = (
-                dict(identities=20, images_per_identity=4, pairs=40, heldout_identities=10) if quick else {}
+                dict(
+                    identities=20,
+                    images_per_identity=4,
+                    pairs=40,
+                    heldout_identities=10,
+                    template_identities=0,
+                )
+                if quick
+                else {}
             )
             write_synthetic(root, SyntheticConfig(**size))
         args += ["--root", str(root)]

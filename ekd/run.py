@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -37,7 +38,8 @@ def build_datamodule(cfg: DictConfig) -> Any:
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], callbacks: list[Any]) -> Any:
-    """``cfg.trainer`` (``_target_``: ``pytorch_lightning.Trainer``) with the run's loggers and callbacks."""
+    """``cfg.trainer`` (``_target_``: ``pytorch_lightning.Trainer``) with the run's loggers and callbacks,
+    and :func:`null_profiler` (Lightning profiles nothing by default either, but pays for it)."""
     from pytorch_lightning.callbacks import Checkpoint, ProgressBar
 
     return hydra.utils.instantiate(
@@ -48,8 +50,16 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], callbac
         enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         use_distributed_sampler=False,
+        profiler=null_profiler(),
         _convert_="all",
     )
+
+
+def null_profiler() -> Any:
+    """The Trainer's profiler: :class:`ekd.lit.profiler.NullProfiler` (records nothing, cheaply)."""
+    from ekd.lit.profiler import NullProfiler
+
+    return NullProfiler()
 
 
 class RunInterrupted(Exception):
@@ -115,6 +125,11 @@ def run(
             logger.log_hyperparams(resolved)
         callbacks = instantiate_entries(cfg.callbacks, "callbacks")
         trainer = build_trainer(cfg, output_dir, loggers, callbacks)
+        from ekd.eval import evaluation_device
+        from ekd.resources import peak_memory_mib, reset_peak_memory
+
+        memory_device = evaluation_device(str(cfg.trainer.accelerator))
+        memory_reset = reset_peak_memory(memory_device)
         fit_start = time.time()
         signalled = False
         try:
@@ -131,7 +146,12 @@ def run(
             raise RunInterrupted(signum, output_dir / LAST_CHECKPOINT)
         if trainer.global_rank != 0:
             return None
-        return finish_run(cfg, output_dir, module, datamodule, trainer, experiment, sweep, started, fit_start)
+        fit_cost = FitCost(
+            fit_time_s=time.time() - fit_start,
+            start_step=resumed_step(start.ckpt_path),
+            peak_memory_mib=peak_memory_mib(memory_device, memory_reset),
+        )
+        return finish_run(cfg, output_dir, module, datamodule, trainer, experiment, sweep, started, fit_cost)
     finally:
         finish_wandb_run()
         if start.lock is not None:
@@ -169,18 +189,20 @@ def finish_run(
     experiment: str | None,
     sweep: str | None,
     started: float,
-    fit_start: float,
+    fit_cost: FitCost,
 ) -> Any:
     """Evaluate the trained backbone (``ekd.eval``), save ``backbone.pth`` and write ``results.json``."""
     import torch
 
+    from ekd.data.templates import find_template_sets
     from ekd.eval import (
         config_ijb_protocol,
         evaluate_trained,
         evaluation_device,
         measure_throughput,
         protocol_record,
-        select_sets,
+        select_eval_sets,
+        template_protocol,
     )
     from ekd.models import count_macs, count_parameters, write_backbone_record
     from ekd.report import write_results
@@ -188,12 +210,19 @@ def finish_run(
     from ekd.report.wandb_runs import log_run_summary
 
     results = run_record(cfg, output_dir, experiment, sweep, started, source_root=REPO_ROOT)
-    results.fit_time_s = time.time() - fit_start
+    results.fit_time_s = fit_cost.fit_time_s
+    results.peak_memory_mib = fit_cost.peak_memory_mib
+    results.data_record = data_record(datamodule)
     backbone = module.student.to(evaluation_device(str(cfg.trainer.accelerator)))
     if cfg.eval.enabled:
-        sets = select_sets(datamodule.verification_sets(), cfg.eval.sets, "eval.sets")
+        # the pair sets and the template sets (synth_ijb.npz of the synthetic benchmark) in the data folder
+        templates = find_template_sets(getattr(datamodule, "root", None))
+        sets, templates = select_eval_sets(
+            datamodule.verification_sets(), templates, cfg.eval.sets, "eval.sets"
+        )
         ev = cfg.eval
         ijb = config_ijb_protocol(ev)
+        tpl = template_protocol() if templates else None
         found = evaluate_trained(
             backbone,
             sets,
@@ -203,9 +232,11 @@ def finish_run(
             ev.ijb_sets,
             ijb_protocol=ijb,
             precision=ev.precision,
+            template_sets=templates,
+            template_protocol=tpl,
         )
         results.metrics, results.roc, results.mean_accuracy = found
-        results.eval_protocol = protocol_record(ev.precision, ijb if ev.ijb_root else None)
+        results.eval_protocol = protocol_record(ev.precision, ijb if ev.ijb_root else None, templates=tpl)
     if cfg.benchmark.enabled:
         bench = cfg.benchmark
         results.throughput = measure_throughput(backbone, bench.batch_size, bench.warmup, bench.iterations)
@@ -217,6 +248,10 @@ def finish_run(
     results.teacher_cache = teacher_cache_record(cfg, datamodule)
     results.params, results.macs = count_parameters(backbone), count_macs(backbone)
     results.global_step, results.epochs = fit_progress(trainer, last_checkpoint)
+    results.train_batch_size = train_batch_size(trainer, datamodule)
+    if results.train_batch_size and fit_cost.fit_time_s > 0:
+        trained = max(0, results.global_step - fit_cost.start_step) * results.train_batch_size
+        results.train_images_per_s = trained / fit_cost.fit_time_s
     results.checkpoint = str(last_checkpoint) if last_checkpoint.is_file() else None
     results.backbone_file = str(output_dir / BACKBONE_FILE)
     results.wall_time_s = time.time() - started
@@ -252,6 +287,48 @@ def teacher_cache_record(cfg: DictConfig, datamodule: Any) -> dict[str, Any] | N
     if not uses_teacher(cfg) or not cfg.distill.teacher_cache:
         return None
     return {"path": str(Path(cfg.distill.teacher_cache).resolve()), "used": datamodule.teacher_cache_active}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitCost:
+    """What ``run`` measured around ``Trainer.fit``: its duration, the step it resumed from (0 for a
+    fresh run) and the peak memory during it (``ekd.resources``; None where it cannot be measured)."""
+
+    fit_time_s: float
+    start_step: int = 0
+    peak_memory_mib: float | None = None
+
+
+def resumed_step(checkpoint: str | os.PathLike | None) -> int:
+    """The optimizer step stored in the checkpoint a fit resumes from (0 without one)."""
+    if checkpoint is None:
+        return 0
+    from ekd.models.loading import read_checkpoint
+
+    return int(read_checkpoint(Path(checkpoint)).get("global_step", 0))
+
+
+def train_batch_size(trainer: Any, datamodule: Any) -> int | None:
+    """Training images per optimizer step over all processes and accumulated batches (None when the
+    datamodule does not say its batch size)."""
+    layout = getattr(datamodule, "batch_layout", None)
+    rows = sum(layout.values()) if layout else getattr(datamodule, "batch_size", None)
+    if not rows:
+        return None
+    return int(rows) * int(trainer.world_size) * int(trainer.accumulate_grad_batches)
+
+
+def data_record(datamodule: Any) -> dict[str, Any] | None:
+    """What defines the training and evaluation data, for ``ekd-table`` to keep runs on different data
+    apart: the recorded arguments of a synthetic benchmark (``synthetic.json``: generator version and
+    arguments); None for other data (its folder's contents are not summarised)."""
+    from ekd.data.synthetic import read_synthetic_metadata
+
+    root = getattr(datamodule, "root", None)
+    if root is None:
+        return None
+    found = read_synthetic_metadata(root)
+    return None if found is None else dict(found[1])
 
 
 def fit_progress(trainer: Any, checkpoint: Path) -> tuple[int, int]:

@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--difficulty", type=float, default=1.0, help="nuisance strength, 0..3 (default 1)")
     synth.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
+    synth.add_argument(
+        "--template-identities",
+        type=int,
+        default=300,
+        help="identities of the synth_ijb template set (default 300; 0: no template set)",
+    )
+    synth.add_argument(
+        "--templates-per-identity", type=int, default=5, help="templates per identity (default 5)"
+    )
+    synth.add_argument("--images-per-template", type=int, default=3, help="images per template (default 3)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--preview", default=None, help="also save a PNG grid of a few identities here")
 
@@ -120,6 +130,9 @@ def _synth(args: argparse.Namespace) -> None:
         seed=args.seed,
         difficulty=args.difficulty,
         quality=args.quality,
+        template_identities=args.template_identities,
+        templates_per_identity=args.templates_per_identity,
+        images_per_template=args.images_per_template,
     )
     start = time.perf_counter()
     summary = write_synthetic(args.out, config)

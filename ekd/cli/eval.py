@@ -11,13 +11,19 @@ Sets: ``.bin`` files given with ``--bins``, and/or the sets under ``--data-root`
 ``*.bin`` there (the paper's sets lfw, cfp_fp, cplfw, agedb_30, calfw first, in that order, then the
 other known insightface sets, then the rest by name); a folder without any is an error listing what
 it holds. ``--sets a,b`` picks sets by name instead; a missing one is an error unless
-``--allow-missing`` (it is then reported as missing). ``--ijb ROOT --ijb-name IJBC`` adds IJB 1:1,
-scored by ``--protocol insightface`` (default) or ``--protocol tface`` (docs/methods.md); each setting
-of the protocol can be changed on its own (``--flip-mode``, ``--[no-]norm-score``,
-``--[no-]detector-score``). Embeddings are fp32 unless ``--precision 16-mixed|bf16-mixed``.
+``--allow-missing`` (it is then reported as missing). Template sets (``ekd-templates/1`` ``.npz``
+files, ``ekd.data.templates``; the synthetic benchmark's ``synth_ijb.npz``) are found in
+``--data-root`` too (or named by ``--sets``, or given to ``--bins``) and scored all-vs-all at FPR
+1e-3 / 1e-4 / 1e-5 (``ekd.eval.templates``: the image only, as TFace, unless ``--flip-mode`` says
+otherwise; read by ``--ijb-rule``; a TPR only where at least 10 false accepts define its threshold).
+``--ijb ROOT --ijb-name IJBC`` adds IJB 1:1, scored by ``--protocol insightface`` (default) or
+``--protocol tface`` (docs/methods.md); each setting of the protocol can be changed on its own
+(``--flip-mode``, ``--[no-]norm-score``, ``--[no-]detector-score``). Embeddings are fp32 unless
+``--precision 16-mixed|bf16-mixed``.
 
 Prints a table; with ``--output DIR`` writes ``DIR/eval_results.json`` (format ``ekd-eval/1``, metrics
-shaped like the ``metrics`` of ``results.json``, with its ``eval_protocol`` record) and ``DIR/roc.png``.
+shaped like the ``metrics`` of ``results.json``, with its ``eval_protocol`` record) and ``DIR/roc.png``
+(the ROC curves of the pair and IJB sets; template sets have none).
 A TPR at an FPR the pairs cannot resolve (FPR x impostor pairs < 1) is printed as ``—`` with a
 footnote and stored as null (NaN), where insightface's and TFace's scripts print a number. Embedding
 and scoring are ``ekd.eval.evaluate.verify_sets``, as in ekd-train: a set whose embeddings are
@@ -55,7 +61,7 @@ EPILOG = textwrap.dedent(
       ekd-eval last.ckpt --ijb /data --ijb-name IJBC --output out/
       ekd-eval backbone.pth --ijb /data --ijb-name IJBB --protocol tface   # the EKD paper's IJB columns
 
-    --data-root evaluates every *.bin in the folder unless --sets names some.
+    --data-root evaluates every *.bin and template set (*.npz) in the folder unless --sets names some.
     """
 )
 # how the backbone arguments are spelled in ekd.models.loading's messages
@@ -88,9 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON options for create_backbone, e.g. '{\"base_width\": 32}'",
     )
     parser.add_argument("--prefix", default=None, help="state-dict key prefix in a .ckpt (default: student.)")
-    parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help=".bin verification files")
     parser.add_argument(
-        "--data-root", default=None, help="folder of .bin sets (default: every *.bin there is evaluated)"
+        "--bins", nargs="+", default=[], metavar="BIN", help=".bin verification files or .npz template sets"
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of .bin sets and template sets (default: every *.bin and template .npz there)",
     )
     parser.add_argument(
         "--sets", default=None, help="comma-separated set names looked up in --data-root (default: all there)"
@@ -101,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ijb-name", default="IJBC", choices=("IJBB", "IJBC"))
     parser.add_argument(
-        "--ijb-rule", default="nearest", choices=("nearest", "le"), help="TPR@FPR reading (IJB)"
+        "--ijb-rule",
+        default="nearest",
+        choices=("nearest", "le"),
+        help="TPR@FPR reading (IJB and template sets)",
     )
     parser.add_argument(
         "--protocol",
@@ -114,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--flip-mode",
         default=None,
         choices=[m.value for m in FlipMode],
-        help="IJB image feature from the image and its mirror (default: the protocol's)",
+        help="IJB and template-set image feature from the image and its mirror (default: the IJB "
+        "protocol's; plain for template sets)",
     )
     parser.add_argument(
         "--norm-score",
@@ -205,43 +219,60 @@ def _folder_listing(root: Path, shown: int = 12) -> str:
     return ", ".join(entries[:shown]) + more
 
 
-def collect_bins(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]:
-    """Set name -> .bin path, and the names of requested sets that are missing."""
+def collect_bins(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+    """Set name -> .bin path, template set name -> .npz path, and the names of requested sets that are
+    missing."""
+    from ekd.data.templates import TEMPLATE_SUFFIX, find_template_sets, is_template_set
+
     found: dict[str, Path] = {}
+    templates: dict[str, Path] = {}
     missing: list[str] = []
     for entry in args.bins:
         path = Path(entry)
         if not path.is_file():
             if not args.allow_missing:
                 raise SystemExit(f"ekd-eval: .bin file {path} does not exist")
-            missing.append(path.stem)
+            missing.append(
+                path.name[: -len(TEMPLATE_SUFFIX)] if path.name.endswith(TEMPLATE_SUFFIX) else path.stem
+            )
+            continue
+        if path.name.endswith(TEMPLATE_SUFFIX):
+            if not is_template_set(path):
+                raise SystemExit(
+                    f"ekd-eval: {path} is not a template set (an .npz file of format ekd-templates/1)"
+                )
+            templates[path.name[: -len(TEMPLATE_SUFFIX)]] = path
             continue
         found[path.stem] = path
     if args.data_root is not None:
         root = Path(args.data_root)
         if not root.is_dir():
             raise SystemExit(f"ekd-eval: --data-root {root} is not a directory")
+        template_sets = find_template_sets(root)
         if args.sets is None:
             names = discover_sets(root)
-            if not names:
+            if not names and not template_sets:
                 raise SystemExit(
                     f"ekd-eval: --data-root {root} holds no verification sets (*.bin files); it holds "
                     f"{_folder_listing(root)}"
                 )
+            templates.update(template_sets)
         else:
             names = [n.strip() for n in args.sets.split(",") if n.strip()]
             if not names:
                 raise SystemExit(f"ekd-eval: --sets {args.sets!r} names no set")
+            templates.update({n: template_sets[n] for n in names if n in template_sets})
+            names = [n for n in names if n not in template_sets or (root / f"{n}.bin").is_file()]
         absent = [n for n in names if not (root / f"{n}.bin").is_file()]
         if absent and not args.allow_missing:
-            present = ", ".join(discover_sets(root)) or "none"
+            present = ", ".join([*discover_sets(root), *template_sets]) or "none"
             raise SystemExit(
                 f"ekd-eval: {root} lacks {', '.join(f'{n}.bin' for n in absent)} (its sets: {present}; "
                 "pass --allow-missing to evaluate the others)"
             )
         missing += absent
         found.update({n: root / f"{n}.bin" for n in names if n not in absent})
-    return found, missing
+    return found, templates, missing
 
 
 class _BinSets(Mapping):
@@ -336,6 +367,44 @@ def print_table(
         console.print(table)
 
 
+TEMPLATE_NOTE = (
+    f"{UNRESOLVED} : FPR x impostors < {{min_false_accepts}}: too few false accepts would define the "
+    "threshold; the TPR is not reported (null in JSON)"
+)
+
+
+def print_template_table(results: Mapping[str, Any], precision: str = EvalPrecision.fp32.value) -> None:
+    """The template-set table (rich): counts and TPR@FPR per set, a footnote where a TPR is not reported."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ekd.eval.metrics import fpr_key
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    done = [r for r in results.values() if r is not None]
+    anchors = sorted({a for r in done for a in r.tpr_at_fpr}, reverse=True)
+    protocol = done[0].protocol if done else None
+    title = "Template sets, all-vs-all 1:1 TPR (%) at FPR"
+    if protocol is not None:
+        title += f" (image feature {protocol.flip_mode.value}, {protocol.rule} rule, {precision})"
+    table = Table(title=title)
+    for column in ["set", "templates", "genuine", "impostors", *[fpr_key(a) for a in anchors]]:
+        table.add_column(column, justify="left" if column == "set" else "right")
+    unresolved = False
+    for name, res in results.items():
+        if res is None:
+            table.add_row(name, "non-finite embeddings", *["-"] * (2 + len(anchors)))
+            continue
+        tprs = [res.tpr_at_fpr.get(a, float("nan")) for a in anchors]
+        unresolved |= any(math.isnan(v) for v in tprs)
+        table.add_row(
+            name, str(res.num_templates), str(res.genuine), str(res.impostors), *[_tpr(v) for v in tprs]
+        )
+    if unresolved and protocol is not None:
+        table.caption = TEMPLATE_NOTE.format(min_false_accepts=protocol.min_false_accepts)
+    console.print(table)
+
+
 def resolve_ijb_protocol(args: argparse.Namespace) -> Any:
     """The IJB protocol of the command line: ``--protocol`` with the settings given on their own."""
     from ekd.eval.ijb import ijb_protocol
@@ -355,17 +424,21 @@ def resolve_ijb_protocol(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ekd.eval.evaluate import protocol_record, verification_records, verify_sets
+    from ekd.eval.evaluate import protocol_record, result_record, verification_records, verify_sets
     from ekd.eval.ijb import evaluate_ijb
     from ekd.eval.metrics import downsample_roc
     from ekd.eval.plot import plot_roc
+    from ekd.eval.templates import evaluate_template_files, template_protocol
 
     if args.batch_size < 1:
         raise SystemExit(f"ekd-eval: --batch-size must be >= 1, got {args.batch_size}")
     protocol = resolve_ijb_protocol(args)
-    bins, missing = collect_bins(args)
-    if not bins and args.ijb is None:
+    bins, template_paths, missing = collect_bins(args)
+    if not bins and not template_paths and args.ijb is None:
         raise SystemExit("ekd-eval: nothing to evaluate: give --bins, --data-root or --ijb")
+    templates_protocol = None
+    if template_paths:  # the image only (TFace's IJB evaluation) unless --flip-mode asks for another
+        templates_protocol = template_protocol(args.flip_mode, rule=args.ijb_rule)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, description = load_model(args, device)
 
@@ -378,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         flip=not args.no_flip,
         n_folds=args.n_folds,
         precision=args.precision,
+    )
+    # a set with non-finite embeddings gives None (and a warning), as the pair sets do
+    template_results = evaluate_template_files(
+        model, template_paths.items(), args.batch_size, templates_protocol, args.precision
     )
     ijb = None
     if args.ijb is not None:
@@ -393,11 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     elapsed = time.perf_counter() - start
     print_table(results, missing, ijb, args.precision)
+    if template_results:
+        print_template_table(template_results, args.precision)
 
     if args.output is not None:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         records, rocs = verification_records(results, roc_points=200)
+        records.update({name: result_record(res) for name, res in template_results.items()})
         accuracies = [r.accuracy for r in results.values() if r is not None]
         # no mean over a subset: a failed set would silently raise or lower it
         complete = bool(accuracies) and len(accuracies) == len(results)
@@ -411,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 flip=not args.no_flip,
                 n_folds=args.n_folds,
                 rule=args.ijb_rule,
+                templates=templates_protocol,
             ),
             "metrics": records,
             "mean_accuracy": sum(accuracies) / len(accuracies) if complete else None,
@@ -426,8 +507,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = out / f".{RESULTS_NAME}.tmp"
         tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
         os.replace(tmp, out / RESULTS_NAME)
-        plot_roc(curves, out / ROC_NAME, title=f"ROC: {description}")
-        print(f"wrote {out / RESULTS_NAME} and {out / ROC_NAME}", file=sys.stderr)
+        if curves:  # template sets have no ROC curve (only its low-FPR end is scored)
+            plot_roc(curves, out / ROC_NAME, title=f"ROC: {description}")
+            print(f"wrote {out / RESULTS_NAME} and {out / ROC_NAME}", file=sys.stderr)
+        else:
+            print(f"wrote {out / RESULTS_NAME}", file=sys.stderr)
     return 0
 
 

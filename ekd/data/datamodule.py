@@ -59,8 +59,9 @@ class FaceDataModule(pl.LightningDataModule):
         seed: sampler seed (batches depend on seed, epoch, rank and world size only).
         synthetic: for source "synthetic": a :class:`ekd.data.synthetic.SyntheticConfig` or a mapping of
             its fields (identities, images_per_identity, pairs, heldout_identities, seed, difficulty,
-            quality); an unknown key is an error naming it. None: a ``root`` that holds a generated
-            benchmark is used with its recorded arguments, a missing or empty one gets the defaults.
+            quality, template_identities, templates_per_identity, images_per_template); an unknown key
+            is an error naming it. None: a ``root`` that holds a generated benchmark is used with its
+            recorded arguments, a missing or empty one gets the defaults.
             Given arguments that differ from those recorded in ``root`` are an error
             (:class:`~ekd.data.sources.SyntheticSource` has the rules).
         source_options: further keyword arguments of the source's factory (checked against it).

@@ -22,6 +22,20 @@ around it.
 * ``synth_pose.bin``: one near-frontal image, one with a strong yaw / rotation, in every pair;
 * ``synth_age.bin``: one young and one old rendering in every pair.
 
+and, unless ``template_identities`` is 0, an IJB-style 1:1 template set ``synth_ijb.npz``
+(:data:`TEMPLATE_SET`; format ``ekd-templates/1``, :mod:`ekd.data.templates`) for TPR at low FPR
+(``ekd.eval.templates``): ``template_identities`` identities of a third pool, disjoint from the
+training identities and from the verification-pair identities (their own random stream,
+``[seed, 3, identity]``), each seen in ``templates_per_identity`` templates of
+``images_per_template`` images. Every image is near-frontal or, with probability 1/3, clearly turned
+(the strong yaw of the second image of a pose pair), and has an age of its own, the identity's base
+age + N(0, 0.2) clipped to [0, 1] (the jitter of the training images), so that each template mixes
+pose and age as IJB's templates mix media. Scored all-vs-all, T = identities x
+templates_per_identity templates give T (T - 1) / 2 comparisons, of which identities x
+C(templates_per_identity, 2) are genuine. The defaults (300 x 5 x 3: 1,500 templates, 4,500 images)
+give 3,000 genuine and 1,121,250 impostor comparisons: about 112 false accepts define the threshold
+at FPR 1e-4, 11 at 1e-5.
+
 It records the generator arguments in ``synthetic.json``, written last: a folder holding it (and
 ``train.rec``) is a complete generated benchmark (:func:`read_synthetic_metadata`). The benchmark is
 generated only into a missing or empty folder, or over an earlier generated one; a folder with other
@@ -49,10 +63,14 @@ from ekd.data.bins import write_bin
 from ekd.data.datasets import write_face_records
 from ekd.data.errors import DataError
 from ekd.data.images import IMAGE_SIZE, encode_jpeg
+from ekd.data.templates import TEMPLATE_SUFFIX, pair_counts, write_template_set
 
-GENERATOR_VERSION = 3  # bumped whenever the output for given arguments changes
+GENERATOR_VERSION = 4  # bumped whenever the output for given arguments changes (4: the template set)
 VERIFICATION_SETS = ("frontal", "pose", "age")
-_TRAIN_SPLIT, _HELDOUT_SPLIT, _PAIR_SPLIT = 0, 1, 2
+TEMPLATE_SET = "synth_ijb"  # the template set's name; its file is synth_ijb.npz
+_TRAIN_SPLIT, _HELDOUT_SPLIT, _PAIR_SPLIT, _TEMPLATE_SPLIT = 0, 1, 2, 3
+_TEMPLATE_FIELDS = ("template_identities", "templates_per_identity", "images_per_template")
+_TEMPLATE_TURNED, _TEMPLATE_AGE_SPREAD = 1.0 / 3.0, 0.2  # template images: P(strong yaw), age jitter
 
 # Palettes (RGB, 0..255): skin from light to dark, hair colours, iris colours.
 _SKIN_LIGHT = np.array([236.0, 204.0, 178.0])
@@ -75,12 +93,28 @@ class SyntheticConfig:
     seed: int = 0
     difficulty: float = 1.0
     quality: int = 92
+    # the template set (module docstring); template_identities=0: none
+    template_identities: int = 300
+    templates_per_identity: int = 5
+    images_per_template: int = 3
 
     def validate(self) -> None:
-        for name in ("identities", "images_per_identity", "pairs", "heldout_identities"):
+        for name in ("identities", "images_per_identity", "pairs", "heldout_identities", *_TEMPLATE_FIELDS):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise DataError(f"synthetic config {name}={value!r}: expected a positive integer")
+            low = 0 if name == "template_identities" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                expected = "an integer >= 0" if low == 0 else "a positive integer"
+                raise DataError(f"synthetic config {name}={value!r}: expected {expected}")
+        if self.template_identities == 1:
+            raise DataError(
+                "synthetic config template_identities=1: must be 0 (no template set) or >= 2 (impostor "
+                "comparisons need two identities)"
+            )
+        if self.template_identities and self.templates_per_identity < 2:
+            raise DataError(
+                f"synthetic config templates_per_identity={self.templates_per_identity}: must be >= 2 "
+                "(genuine comparisons need two templates of an identity)"
+            )
         if self.pairs % 2:
             raise DataError(f"synthetic config pairs={self.pairs}: must be even (half same, half different)")
         if self.heldout_identities < 2:
@@ -111,6 +145,9 @@ class SyntheticSettings:
     seed: Optional[int] = None  # noqa: UP045
     difficulty: Optional[float] = None  # noqa: UP045
     quality: Optional[int] = None  # noqa: UP045
+    template_identities: Optional[int] = None  # noqa: UP045
+    templates_per_identity: Optional[int] = None  # noqa: UP045
+    images_per_template: Optional[int] = None  # noqa: UP045
 
 
 def given_synthetic_fields(value: SyntheticConfig | Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -565,6 +602,66 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(issame)
 
 
+def template_identity_images(
+    config: SyntheticConfig, identity: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The templates of template-set identity ``identity`` (module docstring): uint8 images
+    ``templates_per_identity * images_per_template`` x 3 x 112 x 112, template after template, and the
+    yaw and age each image was rendered with."""
+    rng = _identity_rng(config.seed, _TEMPLATE_SPLIT, identity)
+    params = sample_identity(rng)
+    canvas = _IdentityCanvas(params)
+    images, yaws, ages = [], [], []
+    for _ in range(config.templates_per_identity):
+        for _ in range(config.images_per_template):
+            turned = bool(rng.uniform() < _TEMPLATE_TURNED)
+            age = float(np.clip(float(params["age"]) + rng.normal(0.0, _TEMPLATE_AGE_SPREAD), 0.0, 1.0))
+            nuis = sample_nuisance(
+                rng, "profile" if turned else "frontal", config.difficulty, age=age, strong_yaw=turned
+            )
+            images.append(render_image(params, nuis, rng, canvas))
+            yaws.append(float(nuis["yaw"]))
+            ages.append(age)
+    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return tensor, np.asarray(yaws, dtype=np.float32), np.asarray(ages, dtype=np.float32)
+
+
+def write_template_set_file(config: SyntheticConfig, path: str | os.PathLike) -> dict[str, int]:
+    """Render the template set of ``config`` into ``path`` (``ekd-templates/1``); returns its counts.
+
+    Template ``identity * templates_per_identity + k`` is the k-th template of identity ``identity``,
+    whose subject id is ``identity``.
+    """
+    payloads: list[bytes] = []
+    templates: list[int] = []
+    subjects: list[int] = []
+    yaws: list[np.ndarray] = []
+    ages: list[np.ndarray] = []
+    per_template = config.images_per_template
+    for identity in range(config.template_identities):
+        images, yaw, age = template_identity_images(config, identity)
+        payloads.extend(encode_jpeg(img, quality=config.quality) for img in images)
+        first = identity * config.templates_per_identity
+        templates.extend(first + k // per_template for k in range(len(images)))
+        subjects.extend([identity] * len(images))
+        yaws.append(yaw)
+        ages.append(age)
+    write_template_set(
+        path, payloads, templates, subjects, extras={"yaw": np.concatenate(yaws), "age": np.concatenate(ages)}
+    )
+    num_templates = config.template_identities * config.templates_per_identity
+    genuine, impostors = pair_counts(
+        np.repeat(np.arange(config.template_identities), config.templates_per_identity)
+    )
+    return {
+        "identities": config.template_identities,
+        "templates": num_templates,
+        "images": len(payloads),
+        "genuine": genuine,
+        "impostors": impostors,
+    }
+
+
 METADATA_FILE = "synthetic.json"  # the generator arguments; written last, so it marks a complete benchmark
 
 
@@ -583,6 +680,10 @@ def read_synthetic_metadata(root: str | os.PathLike) -> tuple[SyntheticConfig, d
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read the recorded generator arguments: {err}") from None
     names = [field.name for field in fields(SyntheticConfig)]
+    if isinstance(meta, dict) and not any(name in meta for name in _TEMPLATE_FIELDS):
+        version = meta.get("generator_version")
+        if isinstance(version, int) and version < 4:  # made before the template set existed: none there
+            meta = {**meta, "template_identities": 0, "templates_per_identity": 5, "images_per_template": 3}
     missing = [name for name in names if not isinstance(meta, dict) or name not in meta]
     if missing:
         raise DataError(
@@ -636,7 +737,8 @@ def write_synthetic(
     config: SyntheticConfig | None = None,
     verification_sets: tuple[str, ...] = VERIFICATION_SETS,
 ) -> dict[str, object]:
-    """Generate the benchmark into ``out``: train.rec/.idx/property, ``synth_<kind>.bin``, synthetic.json.
+    """Generate the benchmark into ``out``: train.rec/.idx/property, ``synth_<kind>.bin``, the template
+    set ``synth_ijb.npz`` (unless ``config.template_identities`` is 0) and synthetic.json.
 
     ``out`` must be missing, empty or hold a generated benchmark (which is replaced); a folder with
     other files is a DataError naming it and what it contains. Returns a summary (paths and counts).
@@ -649,6 +751,8 @@ def write_synthetic(
         raise DataError(problem)
     # Until the new synthetic.json is written the folder must not pass for a complete benchmark.
     (out / METADATA_FILE).unlink(missing_ok=True)
+    template_path = out / f"{TEMPLATE_SET}{TEMPLATE_SUFFIX}"
+    template_path.unlink(missing_ok=True)  # an earlier benchmark's set must not pass for this one's
     out.mkdir(parents=True, exist_ok=True)
     payloads: list[bytes] = []
     labels: list[int] = []
@@ -663,13 +767,23 @@ def write_synthetic(
         path = out / f"synth_{kind}.bin"
         write_bin(path, images, issame, image_format="jpeg", quality=config.quality)
         bins[kind] = str(path)
+    template_sets = {}
+    if config.template_identities:
+        template_sets[TEMPLATE_SET] = write_template_set_file(config, template_path)
     meta = {
         "generator_version": GENERATOR_VERSION,
         **asdict(config),
         "verification_sets": list(verification_sets),
+        "template_sets": template_sets,  # name -> counts (identities, templates, images, genuine, impostors)
     }
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return {"root": str(out), "images": len(payloads), "identities": config.identities, "bins": bins}
+    return {
+        "root": str(out),
+        "images": len(payloads),
+        "identities": config.identities,
+        "bins": bins,
+        "templates": {name: str(out / f"{name}{TEMPLATE_SUFFIX}") for name in template_sets},
+    }
 
 
 def preview_grid(

@@ -12,6 +12,11 @@ does the same for IJB-B/C 1:1 under a named scoring protocol (a torch backbone w
 weights gets the error entry without being run), :func:`measure_throughput` times inference (whatever
 the weights hold). Embeddings are fp32 unless ``precision`` asks for autocast (``ekd.eval.embed``);
 :func:`protocol_record` is what ``results.json`` records of both (``eval_protocol``).
+
+:func:`evaluate_template_sets` scores template sets (``ekd.data.templates``; the synthetic benchmark's
+``synth_ijb``) all-vs-all at low FPR (``ekd.eval.templates``); their entries in ``metrics`` have TPR@FPR
+and the genuine / impostor counts, no accuracy. :func:`select_eval_sets` picks pair sets and template
+sets by name (``eval.sets``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ekd.choices import EvalPrecision, IJBProtocolName
 from ekd.eval import metrics
 from ekd.eval.embed import extract_embeddings, parse_precision
 from ekd.eval.ijb import IJBProtocol, evaluate_ijb, ijb_protocol
+from ekd.eval.templates import TemplateProtocol, evaluate_templates
 from ekd.eval.verification import VerificationResult, verify
 
 #: name -> (uint8 images 2N x 3 x H x W, N issame labels)
@@ -50,6 +56,24 @@ def select_sets(available: Mapping[str, Any], wanted: Iterable[str] | None, key:
     if unknown:
         raise ValueError(f"{key}: unknown verification sets {unknown}; the data provides {sorted(available)}")
     return {name: available[name] for name in wanted}
+
+
+def select_eval_sets(
+    pair_sets: Mapping[str, Any], template_sets: Mapping[str, Any], wanted: Iterable[str] | None, key: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pair sets, template sets) named in ``wanted``, or all of both for ``None``; a name is looked up
+    among the pair sets first. An unknown name is a ValueError naming ``key`` and the sets that exist."""
+    if wanted is None:
+        return dict(pair_sets), dict(template_sets)
+    wanted = [str(name) for name in wanted]
+    unknown = [name for name in wanted if name not in pair_sets and name not in template_sets]
+    if unknown:
+        available = sorted({*pair_sets, *template_sets})
+        raise ValueError(f"{key}: unknown verification sets {unknown}; the data provides {available}")
+    pairs = [name for name in wanted if name in pair_sets]
+    return select_sets(pair_sets, pairs, key), {
+        name: template_sets[name] for name in wanted if name not in pair_sets
+    }
 
 
 def verify_sets(
@@ -165,6 +189,32 @@ def evaluate_ijb_sets(
     return records, rocs
 
 
+def evaluate_template_sets(
+    backbone: Any,
+    sets: Mapping[str, Any],
+    batch_size: int,
+    *,
+    protocol: TemplateProtocol | None = None,
+    precision: str | EvalPrecision = EvalPrecision.fp32,
+) -> dict[str, dict]:
+    """Template verification at low FPR (:func:`ekd.eval.templates.evaluate_templates`) of ``backbone``
+    on each set (name -> :class:`~ekd.data.templates.TemplateSet` or its file): ``TemplateResult.to_dict()``
+    per set, or the error entry of :func:`result_record` (with a warning) when the weights or the
+    features are not finite."""
+    records: dict[str, dict] = {}
+    diverged = isinstance(backbone, nn.Module) and not weights_finite(backbone)
+    for name, template_set in sets.items():
+        if diverged:
+            warnings.warn(
+                f"template set {name}: the backbone has non-finite weights; not evaluated", stacklevel=2
+            )
+            records[name] = result_record(None)
+            continue
+        result = evaluate_templates(backbone, template_set, batch_size, protocol, precision, name=name)
+        records[name] = result_record(result)
+    return records
+
+
 def weights_finite(module: nn.Module) -> bool:
     """Whether every parameter and floating-point buffer of ``module`` is finite."""
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
@@ -228,19 +278,28 @@ def evaluate_trained(
     *,
     ijb_protocol: str | IJBProtocolName | IJBProtocol = "insightface",
     precision: str | EvalPrecision = EvalPrecision.fp32,
+    template_sets: Mapping[str, Any] | None = None,
+    template_protocol: TemplateProtocol | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict], float | None]:
     """The final evaluation of a trained backbone (what ``ekd-train`` records): the pair-verification
-    ``sets`` and, with ``ijb_root``, IJB-B/C 1:1 on ``ijb_sets`` scored by ``ijb_protocol``; all
+    ``sets``, the ``template_sets`` (name -> template set or its file, scored by ``template_protocol``;
+    no ROC curve) and, with ``ijb_root``, IJB-B/C 1:1 on ``ijb_sets`` scored by ``ijb_protocol``; all
     embedded in ``precision``. Returns (metrics per set, ROC curves per set, the mean accuracy over the
     pair-verification sets that have one, or None)."""
     metrics, rocs = evaluate_backbone(backbone, sets, batch_size, roc_points, precision=precision)
+    if template_sets:
+        metrics.update(
+            evaluate_template_sets(
+                backbone, template_sets, batch_size, protocol=template_protocol, precision=precision
+            )
+        )
     if ijb_root:
         ijb_metrics, ijb_rocs = evaluate_ijb_sets(
             backbone, ijb_root, ijb_sets, batch_size, roc_points, protocol=ijb_protocol, precision=precision
         )
         metrics.update(ijb_metrics)
         rocs.update(ijb_rocs)
-    # IJB entries have no accuracy; a diverged set has accuracy None
+    # IJB and template entries have no accuracy; a diverged set has accuracy None
     accuracies = [m["accuracy"] for m in metrics.values() if m.get("accuracy") is not None]
     return metrics, rocs, (sum(accuracies) / len(accuracies) if accuracies else None)
 
@@ -263,11 +322,15 @@ def protocol_record(
     flip: bool = True,
     n_folds: int = 10,
     rule: str = "nearest",
+    templates: TemplateProtocol | None = None,
 ) -> dict[str, Any]:
     """``results.json``'s ``eval_protocol``: the embedding precision, the pair-set protocol (flip sum
-    or not, folds) and the IJB protocol with its TPR reading (None when IJB was not evaluated)."""
+    or not, folds), the IJB protocol with its TPR reading (None when IJB was not evaluated) and, when
+    template sets were scored, their protocol (``templates``: ``TemplateProtocol.to_dict()``)."""
     return {
         "precision": parse_precision(precision).value,
         "pair_sets": {"flip": "sum" if flip else "none", "n_folds": n_folds},
         "ijb": None if ijb is None else {**ijb.to_dict(), "tpr_rule": rule},
+        # only when a template set was scored, so that records without one keep their earlier shape
+        **({} if templates is None else {"templates": templates.to_dict()}),
     }

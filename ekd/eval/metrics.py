@@ -19,6 +19,11 @@ TPR at a target FPR has two readings in the field, both offered by :func:`tpr_at
 
 Either way, a target below ``1 / num_negatives`` cannot be resolved by the data (the only reachable
 FPR is 0) and is reported as NaN rather than as a misleadingly precise number.
+
+:func:`operating_point` is that reading (the index of the chosen ROC point, so callers can also
+report its false accepts and threshold); :func:`partial_roc_curve` builds the exact top of a ROC from
+all genuine scores and only the largest impostor scores (what ``ekd.eval.templates`` keeps of a
+million impostor comparisons), which the same reading then uses.
 """
 
 from __future__ import annotations
@@ -108,6 +113,34 @@ def roc_curve(
     return RocCurve(fpr, tpr, thresholds, fps, tps, num_pos, num_neg)
 
 
+def check_rule(rule: str) -> str:
+    """``rule`` if it is a TPR@FPR reading (``"le"`` or ``"nearest"``), else ValueError."""
+    if rule not in ("le", "nearest"):
+        raise ValueError(f"tpr_at_fpr rule must be 'le' or 'nearest', got {rule!r}")
+    return rule
+
+
+def operating_point(roc: RocCurve, target: float, rule: str = "le") -> int | None:
+    """Index into ``roc``'s arrays of the point read as "TPR at FPR ``target``" (module docstring);
+    None where the target is unresolvable (target x negatives < 1, or no positives / negatives).
+
+    ``roc`` must be the curve the rule reads: ``drop_intermediate=True`` for ``"nearest"``.
+    """
+    check_rule(rule)
+    target = float(target)
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target FPR must be in (0, 1], got {target}")
+    if roc.num_negatives == 0 or roc.num_positives == 0 or target * roc.num_negatives < 1.0:
+        return None
+    if rule == "le":
+        # compare counts, not rounded rates: FPR <= target  <=>  fps <= target * num_negatives
+        allowed = np.floor(target * roc.num_negatives * (1 + 1e-12))
+        return int(np.searchsorted(roc.fps, allowed, side="right")) - 1
+    # insightface: flip to decreasing FPR, first minimum of |fpr - target| -> larger TPR on ties
+    fpr_flipped = roc.fpr[::-1]
+    return roc.fpr.size - 1 - int(np.argmin(np.abs(fpr_flipped - target)))
+
+
 def tpr_at_fpr(
     labels: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
@@ -115,28 +148,42 @@ def tpr_at_fpr(
     rule: str = "le",
 ) -> dict[float, float]:
     """TPR at each target FPR (see the module docstring for ``rule``); NaN where unresolvable."""
-    if rule not in ("le", "nearest"):
-        raise ValueError(f"tpr_at_fpr rule must be 'le' or 'nearest', got {rule!r}")
-    roc = roc_curve(labels, scores, drop_intermediate=(rule == "nearest"))
+    roc = roc_curve(labels, scores, drop_intermediate=(check_rule(rule) == "nearest"))
     out: dict[float, float] = {}
     for target in fprs:
-        target = float(target)
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"target FPR must be in (0, 1], got {target}")
-        if roc.num_negatives == 0 or roc.num_positives == 0 or target * roc.num_negatives < 1.0:
-            out[target] = float("nan")
-            continue
-        if rule == "le":
-            # compare counts, not rounded rates: FPR <= target  <=>  fps <= target * num_negatives
-            allowed = np.floor(target * roc.num_negatives * (1 + 1e-12))
-            idx = int(np.searchsorted(roc.fps, allowed, side="right")) - 1
-            out[target] = float(roc.tpr[idx])
-        else:
-            # insightface: flip to decreasing FPR, first minimum of |fpr - target| -> larger TPR on ties
-            fpr_flipped = roc.fpr[::-1]
-            idx = int(np.argmin(np.abs(fpr_flipped - target)))
-            out[target] = float(roc.tpr[::-1][idx])
+        idx = operating_point(roc, target, rule)
+        out[float(target)] = float("nan") if idx is None else float(roc.tpr[idx])
     return out
+
+
+def partial_roc_curve(
+    genuine: np.ndarray, top_impostors: np.ndarray, num_impostors: int, drop_intermediate: bool = False
+) -> RocCurve:
+    """The ROC of all ``genuine`` scores against ``num_impostors`` impostor scores of which only the
+    largest, ``top_impostors``, are given: exactly the points of :func:`roc_curve` on all the scores
+    whose threshold is above ``min(top_impostors)`` (all of them when every impostor score is given).
+
+    With ``drop_intermediate`` the pruning of the last returned point may differ from the full curve's
+    (it depends on the next point, which is not known); readers must not rely on that point
+    (``ekd.eval.templates`` checks that its reading never lands there). ``fpr`` divides by
+    ``num_impostors``; ``num_negatives`` is ``num_impostors``.
+    """
+    genuine = np.asarray(genuine, dtype=np.float64).ravel()
+    top = np.asarray(top_impostors, dtype=np.float64).ravel()
+    if top.size > num_impostors:
+        raise ValueError(f"{top.size} top impostor scores of only {num_impostors} impostors")
+    labels = np.r_[np.ones(genuine.size, dtype=bool), np.zeros(top.size, dtype=bool)]
+    roc = roc_curve(labels, np.r_[genuine, top], drop_intermediate=drop_intermediate)
+    keep = np.ones(roc.thresholds.size, dtype=bool)
+    if top.size < num_impostors:
+        # below the smallest kept impostor score the counts miss the impostors that were not kept
+        keep = roc.thresholds > (top.min() if top.size else np.inf)
+        keep[0] = True  # the (0, 0) point, threshold +inf
+    fps, tps = roc.fps[keep], roc.tps[keep]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fpr = fps / num_impostors if num_impostors else np.full(fps.shape, np.nan)
+        tpr = tps / genuine.size if genuine.size else np.full(tps.shape, np.nan)
+    return RocCurve(fpr, tpr, roc.thresholds[keep], fps, tps, int(genuine.size), int(num_impostors))
 
 
 def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:

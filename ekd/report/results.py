@@ -30,13 +30,15 @@ teacher_cache        ``{"path", "used"}`` of a configured teacher embedding cach
 seed                 the run's seed
 experiment, sweep    the experiment config's name and the multirun directory's name (or null)
 metrics              ``{set: {"accuracy", "accuracy_std", "tpr_at_fpr": {"1e-4": ...}, "auc", "eer",
-                     "num_pairs", ...}}`` per verification set (IJB sets: TPR@FPR only); a set whose
+                     "num_pairs", ...}}`` per verification set (IJB sets: TPR@FPR only; the synthetic
+                     template set ``synth_ijb``: TPR@FPR, ``impostors``, ``genuine``); a set whose
                      embeddings were not finite has ``{"accuracy": null, "error": "..."}``
 mean_accuracy        mean accuracy over the pair-verification sets (null when none has one)
 eval_protocol        how ``metrics`` were computed (``ekd.eval.protocol_record``): ``{"precision":
                      "32-true" | "16-mixed" | "bf16-mixed", "pair_sets": {"flip": "sum" | "none",
                      "n_folds"}, "ijb": null (IJB not evaluated) or {"preset": "insightface" | "tface",
-                     "flip_mode", "norm_score", "detector_score", "label", "tpr_rule"}}``; null in files
+                     "flip_mode", "norm_score", "detector_score", "label", "tpr_rule"}}``, plus
+                     ``"templates"`` (the template-set protocol) when one was scored; null in files
                      written before ekd recorded it (their IJB sets used the insightface protocol, their
                      embeddings fp16 autocast on CUDA)
 roc                  ``{set: {"fpr": [...], "tpr": [...]}}`` down-sampled ROC curves, for plots
@@ -44,9 +46,12 @@ params, macs         parameters and multiply-accumulates (112 x 112) of the trai
 throughput           ``{"images_per_s", "batch_size", "iterations", "device", "threads"}`` or null
 global_step, epochs  optimizer steps and epochs the fit ran
 train_batch_size     training images per optimizer step, all processes and accumulation included (null
-                     when not recorded); ``global_step x train_batch_size / fit_time_s`` is the table's
-                     training images/s
-peak_memory_mib      the run's peak memory during the fit in MiB (null when not recorded)
+                     when not recorded)
+train_images_per_s   training images per second of the run's last fit (the steps it trained, not those of
+                     the fit it resumed from, x train_batch_size / fit_time_s); null when not recorded
+peak_memory_mib      the run's peak memory during its last fit in MiB (``ekd.resources``: CUDA memory
+                     allocated by tensors on a GPU, the process's resident set on the CPU); null when not
+                     measurable
 fit_time_s           seconds in ``Trainer.fit``; ``wall_time_s`` the whole run
 git_commit           ``git rev-parse HEAD`` of the source checkout (``+dirty`` with local changes)
 output_dir           the run directory; ``checkpoint`` its last Lightning checkpoint (or null) and
@@ -119,6 +124,7 @@ class RunResults:
     epochs: int | None = None
     fit_time_s: float | None = None
     train_batch_size: int | None = None
+    train_images_per_s: float | None = None
     peak_memory_mib: float | None = None
     data_record: dict[str, Any] | None = None
     wall_time_s: float | None = None

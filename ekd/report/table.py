@@ -59,9 +59,9 @@ its row (else the first table of its data and teacher). Splitting (rather than r
 run visible while never averaging incomparable numbers.
 
 **Cost.** Per row, means over its finished runs of: ``Fit time`` (``fit_time_s``, seconds in
-``Trainer.fit``), ``Train img/s`` (``global_step * train_batch_size / fit_time_s``: training images
-per second of fit) and ``Peak mem`` (``peak_memory_mib``, MiB). A cost column is shown when some row
-of the table has it.
+``Trainer.fit``), ``Train img/s`` (``train_images_per_s``: images trained in the run's last fit per
+second of it; for older files ``global_step * train_batch_size / fit_time_s``) and ``Peak mem``
+(``peak_memory_mib``, MiB). A cost column is shown when some row of the table has it.
 
 Runs whose fit failed (``status: "failed"`` in results.json) contribute no values: each row counts
 them (``Runs`` is ``2 (+1 failed)``), a row whose runs all failed still appears without values, and
@@ -527,8 +527,8 @@ def _order_key(row: Row) -> tuple:
 
 
 def run_cost(result: RunResults) -> dict[str, float]:
-    """A finished run's cost: ``fit_time_s``, ``train_images_per_s`` (``global_step x
-    train_batch_size / fit_time_s``) and ``peak_memory_mib``, those it recorded."""
+    """A finished run's cost: ``fit_time_s``, ``train_images_per_s`` (as recorded; for older files
+    ``global_step x train_batch_size / fit_time_s``) and ``peak_memory_mib``, those it recorded."""
 
     def finite(value: Any) -> float | None:
         if value is None or isinstance(value, bool):
@@ -540,8 +540,11 @@ def run_cost(result: RunResults) -> dict[str, float]:
     fit = finite(result.fit_time_s)
     if fit is not None:
         cost["fit_time_s"] = fit
+    measured = finite(result.train_images_per_s)
     steps, batch = finite(result.global_step), finite(result.train_batch_size)
-    if fit and fit > 0 and steps is not None and batch:
+    if measured is not None:
+        cost["train_images_per_s"] = measured
+    elif fit and fit > 0 and steps is not None and batch:  # files without the measured rate
         cost["train_images_per_s"] = steps * batch / fit
     peak = finite(result.peak_memory_mib)
     if peak is not None:
@@ -1006,7 +1009,7 @@ def statistics_legend(table: ComparisonTable) -> str:
 def cost_legend(table: ComparisonTable) -> str | None:
     names = {
         "fit_time_s": "Fit time: seconds in Trainer.fit",
-        "train_images_per_s": "Train img/s: training images per second of fit (steps x batch / fit time)",
+        "train_images_per_s": "Train img/s: training images per second of fit",
         "peak_memory_mib": "Peak mem: the run's peak memory in MiB",
     }
     parts = [names[key] for key, _ in table.cost_columns]

@@ -32,8 +32,9 @@ def finish_wandb_run() -> Path | None:
 
 def log_run_summary(results: RunResults) -> None:
     """The run's final numbers in the active W&B run: summary metrics per verification set (accuracy,
-    its std, TPR@FPR), params, MACs, throughput and a per-set ``wandb.Table``; ``status`` and, for a
-    failed run, ``error/type``, ``error/message``, ``error/step``. No-op without a run."""
+    its std, TPR@FPR; the genuine / impostor counts of template sets such as ``synth_ijb``), params,
+    MACs, throughput and a per-set ``wandb.Table``; ``status`` and, for a failed run, ``error/type``,
+    ``error/message``, ``error/step``. No-op without a run."""
     import wandb
 
     run = wandb.run
@@ -52,6 +53,9 @@ def log_run_summary(results: RunResults) -> None:
         for fpr, tpr in zip(fprs, tprs):
             if tpr is not None:
                 run.summary[f"final/{name}/tpr@fpr={fpr}"] = tpr
+        for count in ("genuine", "impostors"):  # template sets (synth_ijb): what the TPRs rest on
+            if values.get(count) is not None:
+                run.summary[f"final/{name}/{count}"] = values[count]
         rows.append(
             [results.method, results.student, name, values.get("accuracy"), values.get("accuracy_std"), *tprs]
         )

@@ -25,6 +25,7 @@ TINY_DATA = [
     "data.synthetic.images_per_identity=4",
     "data.synthetic.pairs=20",
     "data.synthetic.heldout_identities=4",
+    "data.synthetic.template_identities=0",  # no template set (tests/eval/test_templates.py scores one)
     "data.sampler=random",
     "data.batch_size=8",
 ]
@@ -81,6 +82,13 @@ def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
     for values in on_disk.metrics.values():
         assert 0.0 <= values["accuracy"] <= 1.0 and values["num_pairs"] == 20
     assert on_disk.global_step == 2
+    # cost: 2 steps of 8 images in the fit; the rate is those images over the fit's duration
+    assert on_disk.train_batch_size == 8
+    assert on_disk.train_images_per_s == pytest.approx(16 / on_disk.fit_time_s, rel=1e-9)
+    assert on_disk.peak_memory_mib is None or on_disk.peak_memory_mib > 10
+    # the data: the synthetic benchmark's recorded generator version and arguments
+    assert on_disk.data_record["generator_version"] == 4
+    assert on_disk.data_record["identities"] == 8 and on_disk.data_record["template_identities"] == 0
     # fp32 embeddings, the flip-sum 10-fold protocol, no IJB root: no IJB protocol
     assert on_disk.eval_protocol == {
         "precision": "32-true",

@@ -14,7 +14,8 @@ from ekd.data.bins import write_bin
 from ekd.data.datamodule import FaceDataModule
 from ekd.data.errors import DataError
 
-SYNTH = {"identities": 6, "images_per_identity": 4, "pairs": 4, "heldout_identities": 3, "seed": 1}
+SYNTH = {"identities": 6, "images_per_identity": 4, "pairs": 4, "heldout_identities": 3, "seed": 1,
+         "template_identities": 0}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +121,12 @@ def test_existing_data_with_other_arguments_is_refused(synth_root):
     assert "other arguments (seed: 1 recorded, 2 given)" in message
     # both sets of values, then what to do
     recorded = "identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=1, difficulty=1.0, "
-    recorded += "quality=92"
+    recorded += "quality=92, template_identities=0, templates_per_identity=5, images_per_template=3"
     assert f"Recorded: {recorded}." in message
-    assert "Given: identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=2." in message
+    given = (
+        "identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=2, template_identities=0"
+    )
+    assert f"Given: {given}." in message
     assert "data.synthetic=null" in message and "choose another root" in message
     # building the dataset without prepare_data (no Trainer) is refused too, never silently other data
     with pytest.raises(DataError, match=r"seed: 1 recorded, 2 given"):
@@ -162,14 +166,16 @@ def test_recorded_arguments_are_used_when_none_are_given(synth_root, caplog):
 
 def test_generation_into_a_new_folder_says_where_and_with_what(tmp_path, caplog):
     root = tmp_path / "new" / "synth"
-    tiny = {"identities": 2, "images_per_identity": 2, "pairs": 2, "heldout_identities": 2, "seed": 4}
+    tiny = {"identities": 2, "images_per_identity": 2, "pairs": 2, "heldout_identities": 2, "seed": 4,
+            "template_identities": 0}  # fmt: skip
     with caplog.at_level("INFO", logger="ekd.data.sources"):
         dm = FaceDataModule(source="synthetic", root=str(root), synthetic=tiny, num_workers=0)
         assert not root.exists()  # nothing happens before prepare_data
         dm.prepare_data()
     expected = (
         f"generating the synthetic benchmark into {root} (identities=2, images_per_identity=2, pairs=2, "
-        "heldout_identities=2, seed=4, difficulty=1.0, quality=92)"
+        "heldout_identities=2, seed=4, difficulty=1.0, quality=92, template_identities=0, "
+        "templates_per_identity=5, images_per_template=3)"
     )
     assert expected in caplog.text
     assert dm.num_classes == 2 and len(dm.dataset) == 4

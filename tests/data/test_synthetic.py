@@ -17,11 +17,18 @@ from ekd.data.synthetic import (
     render_image,
     sample_identity,
     sample_nuisance,
+    template_identity_images,
     verification_pairs,
     write_synthetic,
 )
+from ekd.data.templates import read_template_set
 
-TINY = SyntheticConfig(identities=4, images_per_identity=3, pairs=6, heldout_identities=3, seed=5)
+# tiny template sets: 3 identities x 2 templates x 2 images (the default, 300 x 5 x 3, takes seconds)
+TEMPLATES = {"template_identities": 3, "templates_per_identity": 2, "images_per_template": 2}
+NO_TEMPLATES = {"template_identities": 0}
+TINY = SyntheticConfig(
+    identities=4, images_per_identity=3, pairs=6, heldout_identities=3, seed=5, **TEMPLATES
+)
 
 
 def test_identity_images_are_deterministic_and_seed_dependent():
@@ -111,13 +118,47 @@ def test_write_synthetic_real_formats(tmp_path):
         images, issame = load_bin(tmp_path / f"synth_{kind}.bin")
         assert images.shape == (12, 3, 112, 112) and int(issame.sum()) == 3
     meta = json.loads((tmp_path / "synthetic.json").read_text())
-    assert meta["identities"] == 4 and meta["seed"] == 5 and meta["generator_version"] == 3
+    assert meta["identities"] == 4 and meta["seed"] == 5 and meta["generator_version"] == 4
+    # the template set: 3 identities x 2 templates x 2 images, all-vs-all 6 x 5 / 2 = 15 comparisons
+    assert summary["templates"] == {"synth_ijb": str(tmp_path / "synth_ijb.npz")}
+    counts = {"identities": 3, "templates": 6, "images": 12, "genuine": 3, "impostors": 12}
+    assert meta["template_sets"] == {"synth_ijb": counts}
+    tset = read_template_set(tmp_path / "synth_ijb.npz")
+    assert (len(tset), tset.num_templates, tset.num_subjects, tset.pair_counts()) == (12, 6, 3, (3, 12))
+    np.testing.assert_array_equal(tset.templates, np.repeat(np.arange(6), 2))
+    np.testing.assert_array_equal(tset.subjects, np.repeat(np.arange(3), 4))
+    rendered, yaw, age = template_identity_images(TINY, 1)
+    np.testing.assert_array_equal(tset.extras["yaw"][4:8], yaw)
+    decoded = tset.images(4, 8).float()
+    assert (decoded - rendered.float()).abs().mean() < 10.0
 
 
 def test_held_out_identities_differ_from_training_ones():
     train = sample_identity(np.random.default_rng([5, 0, 0]))
     heldout = sample_identity(np.random.default_rng([5, 1, 0]))
+    templates = sample_identity(np.random.default_rng([5, 3, 0]))
     assert not np.allclose(train["skin"], heldout["skin"])
+    assert not np.allclose(templates["skin"], train["skin"]) and not np.allclose(
+        templates["skin"], heldout["skin"]
+    )
+
+
+def test_template_identities_are_a_pool_of_their_own_in_mixed_pose_and_age():
+    config = SyntheticConfig(seed=5, template_identities=4, templates_per_identity=4, images_per_template=3)
+    images, yaw, age = template_identity_images(config, 0)
+    assert images.shape == (12, 3, 112, 112) and images.dtype == torch.uint8
+    again, _, _ = template_identity_images(config, 0)
+    assert torch.equal(images, again)  # deterministic
+    # identity 0 of the template pool is none of the identities 0 of the other pools (other streams)
+    assert not torch.equal(images[:1], identity_images(5, 0, 1))
+    # templates mix near-frontal and clearly turned images, and ages around the identity's base age
+    turned = np.abs(yaw) >= 0.6 * 0.99
+    assert turned.any() and (~turned).any()
+    base = sample_identity(np.random.default_rng([5, 3, 0]))["age"]
+    assert np.ptp(age.reshape(4, 3), axis=1).max() > 0.1 and abs(float(np.mean(age)) - float(base)) < 0.3
+    # other identities of the pool are other faces
+    other, _, _ = template_identity_images(config, 1)
+    assert not torch.equal(images, other)
 
 
 @pytest.mark.parametrize(
@@ -127,6 +168,10 @@ def test_held_out_identities_differ_from_training_ones():
         ({"pairs": 5}, "pairs=5: must be even"),
         ({"heldout_identities": 1}, "heldout_identities must be >= 2"),
         ({"difficulty": 5.0}, "difficulty=5.0"),
+        ({"template_identities": -1}, "template_identities=-1: expected an integer >= 0"),
+        ({"template_identities": 1}, "template_identities=1: must be 0 .* or >= 2"),
+        ({"templates_per_identity": 1}, "templates_per_identity=1: must be >= 2"),
+        ({"images_per_template": 0}, "images_per_template=0: expected a positive integer"),
     ],
 )
 def test_config_validation(kwargs, message):
@@ -155,7 +200,7 @@ def test_settings_mirror_the_config_and_none_means_not_given():
     given = {"identities": 7, "seed": None, "difficulty": 0.5}
     assert given_synthetic_fields(given) == ("identities", "difficulty")
     assert given_synthetic_fields(None) == ()
-    assert len(given_synthetic_fields(SyntheticConfig())) == 7
+    assert len(given_synthetic_fields(SyntheticConfig())) == 10
     # not given -> the documented defaults (200 identities x 24 images, seed 0, ...)
     assert as_synthetic_config(given) == SyntheticConfig(
         identities=7,
@@ -165,21 +210,39 @@ def test_settings_mirror_the_config_and_none_means_not_given():
         seed=0,
         difficulty=0.5,
         quality=92,
+        template_identities=300,
+        templates_per_identity=5,
+        images_per_template=3,
     )
+    # the template set of the defaults: >= 1,000,000 impostor comparisons, 1e-5 x impostors >= 10
+    config = SyntheticConfig()
+    templates = config.template_identities * config.templates_per_identity
+    genuine = (
+        config.template_identities * config.templates_per_identity * (config.templates_per_identity - 1) // 2
+    )
+    impostors = templates * (templates - 1) // 2 - genuine
+    assert (templates, genuine, impostors) == (1500, 3000, 1_121_250) and impostors * 1e-5 >= 10
 
 
 def test_write_synthetic_only_into_an_empty_folder_or_over_a_benchmark(tmp_path):
     from ekd.data.synthetic import read_synthetic_metadata
 
-    tiny = SyntheticConfig(identities=2, images_per_identity=2, pairs=2, heldout_identities=2, seed=1)
+    tiny = SyntheticConfig(
+        identities=2, images_per_identity=2, pairs=2, heldout_identities=2, seed=1, **TEMPLATES
+    )
     out = tmp_path / "bench"
     write_synthetic(out, tiny)
     config, meta = read_synthetic_metadata(out)
     assert config == tiny and meta["verification_sets"] == ["frontal", "pose", "age"]
-    # over an earlier benchmark: regenerated with the new arguments
-    write_synthetic(out, SyntheticConfig(identities=3, images_per_identity=2, pairs=2, heldout_identities=2))
+    assert (out / "synth_ijb.npz").is_file()
+    # over an earlier benchmark: regenerated with the new arguments (no template set: none left over)
+    write_synthetic(
+        out,
+        SyntheticConfig(identities=3, images_per_identity=2, pairs=2, heldout_identities=2, **NO_TEMPLATES),
+    )
     assert read_synthetic_metadata(out)[0].identities == 3
     assert FaceRecordDataset(out).labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert not (out / "synth_ijb.npz").exists() and read_synthetic_metadata(out)[1]["template_sets"] == {}
     # a folder with other files: refused, untouched
     other = tmp_path / "other"
     other.mkdir()
@@ -200,3 +263,37 @@ def test_write_synthetic_only_into_an_empty_folder_or_over_a_benchmark(tmp_path)
         DataError, match=r"synthetic\.json: the recorded generator arguments lack images_per_identity"
     ):
         read_synthetic_metadata(out)
+
+
+def test_a_version_3_benchmark_reads_as_one_without_template_set(tmp_path):
+    from ekd.data.synthetic import read_synthetic_metadata
+
+    out = tmp_path / "v3"
+    config = SyntheticConfig(
+        identities=2, images_per_identity=2, pairs=2, heldout_identities=2, **NO_TEMPLATES
+    )
+    write_synthetic(out, config)
+    meta = json.loads((out / "synthetic.json").read_text())
+    for key in ("template_identities", "templates_per_identity", "images_per_template", "template_sets"):
+        del meta[key]
+    meta["generator_version"] = 3
+    (out / "synthetic.json").write_text(json.dumps(meta))
+    recorded, _ = read_synthetic_metadata(out)
+    assert recorded.template_identities == 0 and recorded.identities == 2
+    # a version-4 record without them is broken, and says so
+    meta["generator_version"] = 4
+    (out / "synthetic.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        DataError, match="lack template_identities, templates_per_identity, images_per_template"
+    ):
+        read_synthetic_metadata(out)
+
+
+def test_the_cache_folder_changes_with_the_generator_version_and_the_template_set(monkeypatch):
+    import ekd.data.sources as sources
+
+    config = SyntheticConfig()
+    root = sources.default_synthetic_root(config)
+    assert sources.default_synthetic_root(SyntheticConfig(template_identities=200)) != root
+    monkeypatch.setattr(sources, "GENERATOR_VERSION", 3)  # a cache made by generator version 3
+    assert sources.default_synthetic_root(config) != root  # is not reused: version 4 generates anew

@@ -127,7 +127,9 @@ def user_folder(tmp_path) -> Path:
     (tmp_path / "my_conf" / "student" / "user_net.yaml").write_text(STUDENT)
     write_synthetic(
         tmp_path / "faces",
-        SyntheticConfig(identities=6, images_per_identity=4, pairs=20, heldout_identities=4),
+        SyntheticConfig(
+            identities=6, images_per_identity=4, pairs=20, heldout_identities=4, template_identities=0
+        ),
     )
     torch.manual_seed(0)
     teacher = create_backbone("iresnet18", embedding_size=32, base_width=8)

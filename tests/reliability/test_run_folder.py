@@ -25,6 +25,7 @@ TINY = [
     "data.synthetic.images_per_identity=4",
     "data.synthetic.pairs=20",
     "data.synthetic.heldout_identities=4",
+    "data.synthetic.template_identities=0",
     "data.general=4",
     "data.identities=2",
     "data.images_per_identity=2",
