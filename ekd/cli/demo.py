@@ -22,7 +22,7 @@ choice (CSV by default; ``--wandb`` for offline W&B runs).
 
 Two tiers. The demo (default) is the pipeline end to end, one seed per row, on a small benchmark.
 ``--study`` is the calibrated comparison: the benchmark and training budget of ``STUDY_OVERRIDES``
-(calibrated in BENCHMARKS.md, "Synthetic study calibration"), every row x ``--seeds`` seeds (default 5)
+(still to be calibrated: see its comment), every row x ``--seeds`` seeds (default 5)
 with one teacher for the whole study. Run folders are ``<out>/<method>`` for one seed and
 ``<out>/<method>/seed<k>`` for several. Every run is started with ``resume=auto``: the same command on
 the same ``--out`` skips finished runs and continues interrupted ones from their last checkpoint, so a
@@ -70,7 +70,9 @@ QUICK_OVERRIDES: tuple[str, ...] = (
 )
 
 
-# --study: the calibrated benchmark and budget (BENCHMARKS.md, "Synthetic study calibration")
+# --study: the calibrated benchmark and budget. Not calibrated yet (issue [Comparison], part 2): until
+# then --study runs the demo's benchmark and budget over several seeds, which is what this empty tuple
+# gives; the calibration's overrides and their measurements (BENCHMARKS.md) replace it.
 STUDY_OVERRIDES: tuple[str, ...] = ()
 STUDY_SEEDS = 5
 
