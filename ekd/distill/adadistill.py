@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from ekd import dist
 from ekd.distill.base import Objective, ObjectiveContext, register_objective
-from ekd.distill.common import check_batch, compute_dtype, student_teacher_pair
+from ekd.distill.common import check_batch, check_labels, compute_dtype, student_teacher_pair
 from ekd.models.features import Features
 
 MARGINS = ("arc", "cos")
@@ -212,11 +212,7 @@ class AdaDistillObjective(Objective):
         check_batch(self.name, "embedding", f_s, labels)
         labels = labels.long()
         num_classes = self.centres.shape[0]
-        if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-            raise ValueError(
-                f"adadistill: labels must lie in [0, {num_classes}), got min {int(labels.min())}, "
-                f"max {int(labels.max())}"
-            )
+        check_labels(self.name, labels, num_classes)
         if self.training:
             # every rank applies the global batch's update (module docstring), so centres stay equal
             self.update_centres(

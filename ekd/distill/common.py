@@ -61,6 +61,15 @@ def check_batch(
         )
 
 
+def check_labels(name: str, labels: Tensor, num_classes: int) -> None:
+    """Raise a clear error when a label lies outside [0, num_classes) (the classes of the centres)."""
+    if labels.numel() and (bool((labels < 0).any()) or bool((labels >= num_classes).any())):
+        raise ValueError(
+            f"{name}: labels must lie in [0, {num_classes}) (the classes of the centres), got min "
+            f"{int(labels.min())}, max {int(labels.max())}"
+        )
+
+
 def pairwise_squared_distances(x: Tensor) -> Tensor:
     """B x B squared Euclidean distances between the raw rows via the Gram matrix (no B x B x D tensor);
     exact 0 on the diagonal.

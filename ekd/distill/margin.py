@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ekd.distill.base import Objective, register_objective
-from ekd.distill.common import check_batch, compute_dtype
+from ekd.distill.common import check_batch, check_labels, compute_dtype
 from ekd.heads import arcface_target
 from ekd.models.features import Features
 
@@ -99,11 +99,7 @@ class MarginDistillationObjective(Objective):
                 f"{tuple(f_s.shape)} and teacher {tuple(f_t.shape)}"
             )
         labels = labels.long()
-        if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-            raise ValueError(
-                f"margin: labels must lie in [0, {num_classes}) (the teacher centres' classes), got "
-                f"min {int(labels.min())}, max {int(labels.max())}"
-            )
+        check_labels(self.name, labels, num_classes)
         margins = self.sample_margins(f_t, labels).unsqueeze(1)  # N x 1
         cos = F.normalize(f_s, dim=1, eps=self.eps) @ self.centres.to(f_s.dtype).t()  # N x C
         target = arcface_target(cos.gather(1, labels.unsqueeze(1)), margins)
