@@ -6,6 +6,9 @@ caching allocator keeps. On the CPU it is the peak resident set size of the proc
 Linux's ``VmHWM`` (``/proc/self/status``), reset at fit start by writing 5 to
 ``/proc/self/clear_refs``. Where that reset is not possible the figure would be the process's
 lifetime peak (which in a multirun process includes earlier jobs), so none is recorded instead.
+The CPU figure is the whole process's: in a process that runs several fits one after another
+(``ekd-demo``, a local multirun) it includes what earlier fits left allocated, so compare it between
+runs made in separate processes.
 """
 
 from __future__ import annotations
