@@ -23,9 +23,12 @@ NOT_BENCHMARKS = {"run_all.py", "perf_common.py"}
 QUICK_ARGS: dict[str, list[str]] = {
     "bench_verification.py": ["--pairs", "600", "--repeats", "1"],
     "bench_recordio.py": ["--images", "100", "--rounds", "1"],
+    "bench_parallel_runs.py": ["--steps", "1"],
     "calibrate_synthetic.py": ["--epochs", "1", "--batch-size", "16", "--models", "small"],
 }
 NEEDS_SYNTHETIC_ROOT = {"calibrate_synthetic.py"}
+# scripts whose full measurement needs the output of a long run: only their --quick form runs here
+ONLY_QUICK = {"bench_teacher_cache.py": "needs a finished study: bench_teacher_cache.py --study-out DIR"}
 
 
 def scripts(include_gpu: bool) -> list[Path]:
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ekd-bench-all-") as tmp:
         for script in scripts(args.gpu):
+            if not args.quick and script.name in ONLY_QUICK:
+                print(f"## {script.name}: skipped ({ONLY_QUICK[script.name]})\n", flush=True)
+                continue
             command = [sys.executable, str(script), *arguments(script, args.quick, Path(tmp))]
             print(f"## {script.name}: {' '.join(command[1:])}", flush=True)
             start = time.perf_counter()

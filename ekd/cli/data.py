@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--heldout-identities", type=int, default=100, help="identities of the pairs (default 100)"
     )
     synth.add_argument("--difficulty", type=float, default=1.0, help="nuisance strength, 0..3 (default 1)")
+    synth.add_argument(
+        "--age-difficulty",
+        type=float,
+        default=1.0,
+        help="age gap of synth_age's pairs, 0..1 (default 1: young 0-0.15 vs old 0.65-0.9)",
+    )
     synth.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
     synth.add_argument(
         "--template-identities",
@@ -129,6 +135,7 @@ def _synth(args: argparse.Namespace) -> None:
         heldout_identities=args.heldout_identities,
         seed=args.seed,
         difficulty=args.difficulty,
+        age_difficulty=args.age_difficulty,
         quality=args.quality,
         template_identities=args.template_identities,
         templates_per_identity=args.templates_per_identity,

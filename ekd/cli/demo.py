@@ -21,23 +21,35 @@ Every run goes through :func:`ekd.cli.train.run` with a config composed by Hydra
 choice (CSV by default; ``--wandb`` for offline W&B runs).
 
 Two tiers. The demo (default) is the pipeline end to end, one seed per row, on a small benchmark.
-``--study`` is the calibrated comparison: the benchmark and training budget of ``STUDY_OVERRIDES``
-(still to be calibrated: see its comment), every row x ``--seeds`` seeds (default 5)
-with one teacher for the whole study. Run folders are ``<out>/<method>`` for one seed and
-``<out>/<method>/seed<k>`` for several. Every run is started with ``resume=auto``: the same command on
-the same ``--out`` skips finished runs and continues interrupted ones from their last checkpoint, so a
-killed study loses at most the steps since its last checkpoint. A progress line before each run gives
-the runs done and an ETA from the mean time of the runs trained so far.
+``--study`` is the calibrated comparison: ``experiment=synthetic/study_teacher`` and
+``synthetic/study_student`` (their benchmark and budget calibrated in BENCHMARKS.md), every row x
+``--seeds`` seeds (default 5) with one teacher for the whole study. Run folders are ``<out>/<method>``
+for one seed and ``<out>/<method>/seed<k>`` for several. Every run is started with ``resume=auto``: the
+same command on the same ``--out`` skips finished runs and continues interrupted ones from their last
+checkpoint, so a killed study loses at most the steps since its last checkpoint. A progress line
+before (``--jobs 1``) or after (``--jobs N``) each run gives the runs done and an ETA from the mean
+time of the runs trained so far. ``--jobs N`` trains N students side by side, each in a spawned
+process with CPUs / N threads and its output in ``<out>/logs/<method>-seed<k>.log``; the teacher is
+trained first, alone, with every thread.
+
+``--teacher-cache`` builds the teacher's embeddings of every training image (as stored and mirrored;
+``ekd.distill.cache``) once, after the teacher, into ``<out>/teacher_cache``, and every student row
+reads them instead of running the teacher (rows that read stage feature maps, FitNet, keep the online
+teacher; each run's ``results.json`` records which). A later call reuses the cache while it matches the
+teacher file and the training data, and rebuilds it otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _datetime
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ekd.config import CONF_DIR, list_methods, register_configs
@@ -70,10 +82,12 @@ QUICK_OVERRIDES: tuple[str, ...] = (
 )
 
 
-# --study: the calibrated benchmark and budget. Not calibrated yet (issue [Comparison], part 2): until
-# then --study runs the demo's benchmark and budget over several seeds, which is what this empty tuple
-# gives; the calibration's overrides and their measurements (BENCHMARKS.md) replace it.
-STUDY_OVERRIDES: tuple[str, ...] = ()
+# The experiment files of each tier: (teacher, student). The study's benchmark and budget are calibrated
+# (experiments/synthetic/_study.yaml; BENCHMARKS.md, "Calibration of the study").
+TIER_EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "demo": ("synthetic/teacher", "synthetic/student"),
+    "study": ("synthetic/study_teacher", "synthetic/study_student"),
+}
 STUDY_SEEDS = 5
 
 
@@ -111,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--study",
         action="store_true",
         help="the calibrated study: its benchmark and budget, every row x --seeds seeds; resumable",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="student runs trained side by side, each in its own process with CPUs / jobs threads and its "
+        "output in <out>/logs/ (default 1; 2 on a 2-core CPU trains about 1.4x as many images per second)",
+    )
+    parser.add_argument(
+        "--teacher-cache",
+        action="store_true",
+        help="compute the teacher's embeddings of the training images once (<out>/teacher_cache) and let the "
+        "student rows read them instead of running the teacher",
     )
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 steps per run (for tests)")
     parser.add_argument("--wandb", action="store_true", help="log every run to W&B (offline) instead of CSV")
@@ -153,11 +180,183 @@ def run_folder(out: Path, method: str, seed: int, several: bool) -> Path:
     return out / method / f"seed{seed}" if several else out / method
 
 
-def eta_text(durations: Sequence[float], remaining: int) -> str:
-    """``ETA 12.3 min`` from the mean of the runs trained so far (``ETA ?`` before the first)."""
+def eta_text(durations: Sequence[float], remaining: int, jobs: int = 1) -> str:
+    """``ETA 12.3 min`` from the mean of the runs trained so far, ``jobs`` of them at a time (``ETA ?``
+    before the first)."""
     if not durations:
         return "ETA ?"
-    return f"ETA {sum(durations) / len(durations) * remaining / 60:.1f} min"
+    return f"ETA {sum(durations) / len(durations) * math.ceil(remaining / jobs) / 60:.1f} min"
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """One student run of the demo: its folder and the config it is composed from."""
+
+    method: str
+    seed: int
+    folder: Path
+    experiment: str
+    overrides: tuple[str, ...]
+    teacher_checkpoint: str
+    sweep: str
+    log_file: Path | None = None  # where a worker process sends the run's output (None: this terminal)
+    teacher_cache: str | None = None  # a folder written by ekd-cache build (None: the teacher runs online)
+
+
+def train_student(job: StudentJob) -> float | None:
+    """Compose and run one student (``ekd.run.run``); the seconds its training took, None when its
+    folder already held a finished run (``resume=auto`` leaves it alone)."""
+    global _worker_busy
+    if _worker_parent is not None and os.getppid() != _worker_parent:
+        # a worker whose ekd-demo died: the jobs already queued to it are left for the next call
+        print(f"ekd-demo worker {os.getpid()}: the demo is gone; not starting {job.folder}", file=sys.stderr)
+        os._exit(1)
+    _worker_busy = True
+    try:
+        return _compose_and_run(job)
+    finally:
+        _worker_busy = False
+
+
+def ensure_teacher_cache(checkpoint: str, data_root: Path, data_fingerprint: str, output: Path) -> Path:
+    """``output`` holding the teacher embedding cache of ``checkpoint`` on the training data in
+    ``data_root`` (of fingerprint ``data_fingerprint``): kept when a finished cache there matches both,
+    else (re)built with ``ekd-cache build`` on this machine's CPU."""
+    from ekd.cli.cache import main as cache_main
+    from ekd.distill.cache import INDEX_FILE, TeacherCacheError, TeacherEmbeddingCache
+    from ekd.models.loading import file_sha256
+
+    if (output / INDEX_FILE).is_file():
+        try:
+            cache = TeacherEmbeddingCache(output)
+            teacher_matches = cache.teacher_sha256 == file_sha256(checkpoint)
+            data_matches = cache.dataset_fingerprint == data_fingerprint
+        except TeacherCacheError as err:
+            print(f"ekd-demo: rebuilding the teacher cache: {err}", flush=True)
+        else:
+            if teacher_matches and data_matches:
+                print(
+                    f"ekd-demo: teacher cache {output} matches the teacher and the data; reused", flush=True
+                )
+                return output
+            print(f"ekd-demo: {output} was built for another teacher or data; rebuilding it", flush=True)
+    build = ["build", "--checkpoint", checkpoint, "--data", str(data_root), "--output", str(output)]
+    build += ["--device", "cpu", "--num-workers", "0", "--batch-size", "64", "--overwrite"]
+    if cache_main(build) != 0:
+        raise SystemExit(f"ekd-demo: building the teacher cache in {output} failed (see the error above)")
+    return output
+
+
+def _compose_and_run(job: StudentJob) -> float | None:
+    from ekd.run import run
+    from ekd.runs import folder_state
+
+    with _output_to(job.log_file):
+        was_finished = folder_state(job.folder) == "finished"
+        cfg = compose_run_config(job.experiment, job.overrides)
+        if cfg.distill.objectives:
+            cfg.teacher.checkpoint = job.teacher_checkpoint
+            cfg.distill.teacher_cache = job.teacher_cache
+        run_started = time.time()
+        run(cfg, job.folder, experiment=job.experiment, sweep=job.sweep)
+        return None if was_finished else time.time() - run_started
+
+
+@contextlib.contextmanager
+def _output_to(log_file: Path | None) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so that native and logging
+    output follow) to ``log_file`` for the duration; no-op for None."""
+    if log_file is None:
+        yield
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "a") as log:
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+_worker_parent: int | None = None  # in a worker process: the pid of the ekd-demo that started it
+_worker_busy = False  # in a worker process: a run is in progress
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Worker watchdog thread: end the process once the ekd-demo ``parent`` is gone and no run is in
+    progress (an idle worker would otherwise wait for jobs forever)."""
+    while True:
+        time.sleep(2.0)
+        if os.getppid() != parent and not _worker_busy:
+            os._exit(1)
+
+
+def _worker_init(threads: int) -> None:
+    """Process-pool initializer: ``threads`` intra-op threads for this worker's runs and, on Linux, a
+    SIGTERM when the ekd-demo process dies, so that a killed demo leaves no orphan run behind (the run's
+    own SIGTERM handling saves its last checkpoint and stops it; the next call resumes it), after which
+    :func:`train_student` starts none of the jobs still queued to this worker."""
+    import threading
+
+    global _worker_parent
+    _worker_parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(_worker_parent,), daemon=True).start()
+    if sys.platform == "linux":  # first: the parent may die while torch is imported
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() == 1:  # the parent died before the request: nothing will signal this worker
+            raise SystemExit(1)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_side_by_side(
+    jobs: Sequence[StudentJob],
+    workers: int,
+    stage: Callable[..., None],
+    durations: list[float],
+) -> None:
+    """Train ``jobs`` in ``workers`` processes (spawned, each with CPUs / workers threads), reporting
+    each finished run through ``stage``; the first failure cancels the runs not started and re-raises
+    (its output is in the job's log file; a new call continues, ``resume=auto``)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        pending = {pool.submit(train_student, job): job for job in jobs}
+        done_count = 1  # the teacher
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                try:
+                    took = future.result()
+                except BaseException:
+                    for other in pending:
+                        other.cancel()
+                    print(
+                        f"ekd-demo: {job.method} seed {job.seed} failed; its output: {job.log_file}",
+                        file=sys.stderr,
+                    )
+                    raise
+                if took is not None:
+                    durations.append(took)
+                done_count += 1
+                what = "finished earlier" if took is None else f"{took:.0f} s"
+                title = f"done: {job.experiment} distill={job.method} seed={job.seed} ({what})"
+                stage(done_count, title, remaining=len(jobs) + 1 - done_count)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds_count = args.seeds if args.seeds is not None else (STUDY_SEEDS if args.study else 1)
     if seeds_count < 1:
         raise SystemExit(f"ekd-demo: --seeds must be at least 1, got {seeds_count}")
+    if args.jobs < 1:
+        raise SystemExit(f"ekd-demo: --jobs must be at least 1, got {args.jobs}")
     if args.study and args.quick:
         raise SystemExit("ekd-demo: --study and --quick exclude each other")
     seeds = [args.seed + k for k in range(seeds_count)]
@@ -173,7 +374,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from ekd.report import build_tables, collect_results, save_tables, to_markdown
     from ekd.run import run
-    from ekd.runs import folder_state
 
     console = Console()
     started = time.time()
@@ -187,48 +387,75 @@ def main(argv: list[str] | None = None) -> int:
         # the final evaluation of every run makes the in-training verification redundant here
         "callbacks.verification=null",
         *search_path_override(args.config_dir),
-        *(STUDY_OVERRIDES if args.study else ()),
         *(QUICK_OVERRIDES if args.quick else ()),
         *args.overrides,
     ]
-    jobs = [(method, seed) for method in methods for seed in seeds]
-    total = 1 + len(jobs)
+    total = 1 + len(methods) * len(seeds)
     tier = "study" if args.study else "demo"
-    console.rule(
-        f"[bold]ekd-demo[/bold] ({tier}): teacher + {len(methods)} rows x {len(seeds)} seed(s) -> {out}"
+    teacher_experiment, experiment = TIER_EXPERIMENTS[tier]
+
+    def heading(text: str) -> None:
+        """A rule on a terminal; a whole line in a log file (a rule is cut to 80 columns there)."""
+        if console.is_terminal:
+            console.rule(text)
+        else:
+            print(f"== {text}", flush=True)
+
+    heading(
+        f"ekd-demo ({tier}): teacher + {len(methods)} rows x {len(seeds)} seed(s) -> {out}"
+        + (f", {args.jobs} runs at a time" if args.jobs > 1 else "")
     )
     durations: list[float] = []  # of the runs trained in this invocation (skipped ones excluded)
 
-    def stage(index: int, title: str) -> None:
+    def stage(index: int, title: str, remaining: int | None = None) -> None:
+        """Progress line; ``remaining``: runs still to train (default: this one and those after it)."""
         elapsed = time.time() - started
-        console.rule(
-            f"[{index}/{total}] {title}   (elapsed {elapsed / 60:.1f} min, "
-            f"{eta_text(durations, total - index + 1)})"
-        )
+        left = total - index + 1 if remaining is None else remaining
+        eta = eta_text(durations, left, args.jobs)
+        heading(f"[{index}/{total}] {title}   (elapsed {elapsed / 60:.1f} min, {eta})")
 
-    stage(1, "teacher (synthetic/teacher)")
+    stage(1, f"teacher ({teacher_experiment})")
     teacher_dir = out / "teacher"
-    teacher_cfg = compose_run_config("synthetic/teacher", [f"seed={args.seed}", *common])
-    teacher = run(teacher_cfg, teacher_dir, experiment="synthetic/teacher", sweep=out.name)
-    checkpoint = teacher.checkpoint or teacher.backbone_file
-    experiment = "synthetic/student"
-    for index, (method, seed) in enumerate(jobs, start=2):
-        folder = run_folder(out, method, seed, len(seeds) > 1)
-        stage(index, f"{experiment} distill={method} seed={seed}")
-        was_finished = folder_state(folder) == "finished"
-        overrides = [f"seed={seed}", *common, f"student={STUDENTS[args.student]}", f"distill={method}"]
-        cfg = compose_run_config(experiment, overrides)
-        if cfg.distill.objectives:
-            cfg.teacher.checkpoint = str(checkpoint)
-        run_started = time.time()
-        run(cfg, folder, experiment=experiment, sweep=out.name)
-        if not was_finished:
-            durations.append(time.time() - run_started)
+    teacher_cfg = compose_run_config(teacher_experiment, [f"seed={args.seed}", *common])
+    teacher = run(teacher_cfg, teacher_dir, experiment=teacher_experiment, sweep=out.name)
+    checkpoint = str(teacher.checkpoint or teacher.backbone_file)
+    student_overrides = [*common, f"student={STUDENTS[args.student]}"]
+    teacher_cache = None
+    if args.teacher_cache:
+        from ekd.run import build_datamodule
+
+        data = build_datamodule(compose_run_config(experiment, student_overrides))  # the students' data
+        teacher_cache = str(
+            ensure_teacher_cache(checkpoint, Path(data.root), data.fingerprint(), out / "teacher_cache")
+        )
+    jobs = [
+        StudentJob(
+            method=method,
+            seed=seed,
+            folder=run_folder(out, method, seed, len(seeds) > 1),
+            experiment=experiment,
+            overrides=(f"seed={seed}", *student_overrides, f"distill={method}"),
+            teacher_checkpoint=checkpoint,
+            sweep=out.name,
+            log_file=out / "logs" / f"{method}-seed{seed}.log" if args.jobs > 1 else None,
+            teacher_cache=teacher_cache,
+        )
+        for method in methods
+        for seed in seeds
+    ]
+    if args.jobs == 1:
+        for index, job in enumerate(jobs, start=2):
+            stage(index, f"{experiment} distill={job.method} seed={job.seed}")
+            took = train_student(job)
+            if took is not None:
+                durations.append(took)
+    else:
+        train_side_by_side(jobs, args.jobs, stage, durations)
 
     tables = build_tables(collect_results([out]))
     paths = save_tables(tables, out)
     elapsed = time.time() - started
-    console.rule(f"comparison ({elapsed / 60:.1f} min in all)")
+    heading(f"comparison ({elapsed / 60:.1f} min in all)")
     print(to_markdown(tables))
     for fmt, path in paths.items():
         print(f"{fmt}: {path}")

@@ -20,7 +20,9 @@ around it.
 
 * ``synth_frontal.bin``: mild nuisance on both images;
 * ``synth_pose.bin``: one near-frontal image, one with a strong yaw / rotation, in every pair;
-* ``synth_age.bin``: one young and one old rendering in every pair.
+* ``synth_age.bin``: one young and one old rendering in every pair: the young one aged U(0, 0.15), the
+  old one U(0.15 + 0.5 a, 0.15 + 0.75 a) for ``age_difficulty`` a (:func:`age_pair_ranges`; the default
+  a = 1 gives U(0.65, 0.9), the only gap before the argument existed).
 
 and, unless ``template_identities`` is 0, an IJB-style 1:1 template set ``synth_ijb.npz``
 (:data:`TEMPLATE_SET`; format ``ekd-templates/1``, :mod:`ekd.data.templates`) for TPR at low FPR
@@ -93,6 +95,9 @@ class SyntheticConfig:
     seed: int = 0
     difficulty: float = 1.0
     quality: int = 92
+    # the age gap of synth_age's pairs, 0..1 (age_pair_ranges); 1.0 reproduces the benchmark made before
+    # this argument existed, byte for byte (so GENERATOR_VERSION stayed 4)
+    age_difficulty: float = 1.0
     # the template set (module docstring); template_identities=0: none
     template_identities: int = 300
     templates_per_identity: int = 5
@@ -123,6 +128,10 @@ class SyntheticConfig:
             )
         if not 0.0 <= self.difficulty <= 3.0:
             raise DataError(f"synthetic config difficulty={self.difficulty}: expected a value in [0, 3]")
+        if not 0.0 <= self.age_difficulty <= 1.0:
+            raise DataError(
+                f"synthetic config age_difficulty={self.age_difficulty}: expected a value in [0, 1]"
+            )
         if not 1 <= self.quality <= 100:
             raise DataError(f"synthetic config quality={self.quality}: expected 1..100")
 
@@ -145,6 +154,7 @@ class SyntheticSettings:
     seed: Optional[int] = None  # noqa: UP045
     difficulty: Optional[float] = None  # noqa: UP045
     quality: Optional[int] = None  # noqa: UP045
+    age_difficulty: Optional[float] = None  # noqa: UP045
     template_identities: Optional[int] = None  # noqa: UP045
     templates_per_identity: Optional[int] = None  # noqa: UP045
     images_per_template: Optional[int] = None  # noqa: UP045
@@ -564,6 +574,22 @@ def similar_identities(pool: list[dict[str, np.ndarray]], fraction: float = 0.1)
     return np.argsort(dist, axis=1, kind="stable")[:, :k]
 
 
+_YOUNG_AGES = (0.0, 0.15)  # the young image of an age pair
+_OLD_AGE_OFFSETS = (0.5, 0.75)  # the old image: young end + these x age_difficulty
+
+
+def age_pair_ranges(age_difficulty: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (low, high) uniform age ranges of the young and the old image of a ``synth_age`` pair.
+
+    The young image is aged U(0, 0.15) and the old one U(0.15 + 0.5 a, 0.15 + 0.75 a): a = 1 gives
+    U(0.65, 0.9), a gap of 0.5-0.9 (training identities are aged 0-0.6 with a jitter of 0.2 x
+    difficulty, so such a gap is rarely seen in training); a = 0 gives two young images.
+    """
+    young_end = _YOUNG_AGES[1]
+    old = (young_end + _OLD_AGE_OFFSETS[0] * age_difficulty, young_end + _OLD_AGE_OFFSETS[1] * age_difficulty)
+    return _YOUNG_AGES, old
+
+
 def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A held-out verification set: ``(uint8 images 2N x 3 x 112 x 112, bool issame of N)``.
 
@@ -579,6 +605,7 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
         for i in range(config.heldout_identities)
     ]
     neighbours = similar_identities(pool)
+    age_ranges = age_pair_ranges(config.age_difficulty)
     canvases: dict[int, _IdentityCanvas] = {}
     images, issame = [], []
     for pair in range(config.pairs):
@@ -593,7 +620,7 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
                 profile = "profile" if j else "frontal"
                 nuis = sample_nuisance(rng, profile, config.difficulty, base_age=base_age, strong_yaw=j == 1)
             else:  # age: a young and an old rendering, whatever the identity's base age
-                age = rng.uniform(0.0, 0.15) if j == 0 else rng.uniform(0.65, 0.9)
+                age = rng.uniform(*age_ranges[j])
                 nuis = sample_nuisance(rng, "frontal", config.difficulty, age=age)
             if ident not in canvases:
                 canvases[ident] = _IdentityCanvas(pool[ident])
@@ -684,6 +711,8 @@ def read_synthetic_metadata(root: str | os.PathLike) -> tuple[SyntheticConfig, d
         version = meta.get("generator_version")
         if isinstance(version, int) and version < 4:  # made before the template set existed: none there
             meta = {**meta, "template_identities": 0, "templates_per_identity": 5, "images_per_template": 3}
+    if isinstance(meta, dict) and "age_difficulty" not in meta:  # recorded before the argument existed
+        meta = {**meta, "age_difficulty": 1.0}
     missing = [name for name in names if not isinstance(meta, dict) or name not in meta]
     if missing:
         raise DataError(

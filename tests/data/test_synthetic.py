@@ -168,6 +168,8 @@ def test_template_identities_are_a_pool_of_their_own_in_mixed_pose_and_age():
         ({"pairs": 5}, "pairs=5: must be even"),
         ({"heldout_identities": 1}, "heldout_identities must be >= 2"),
         ({"difficulty": 5.0}, "difficulty=5.0"),
+        ({"age_difficulty": 1.5}, r"age_difficulty=1.5: expected a value in \[0, 1\]"),
+        ({"age_difficulty": -0.1}, "age_difficulty=-0.1"),
         ({"template_identities": -1}, "template_identities=-1: expected an integer >= 0"),
         ({"template_identities": 1}, "template_identities=1: must be 0 .* or >= 2"),
         ({"templates_per_identity": 1}, "templates_per_identity=1: must be >= 2"),
@@ -200,7 +202,7 @@ def test_settings_mirror_the_config_and_none_means_not_given():
     given = {"identities": 7, "seed": None, "difficulty": 0.5}
     assert given_synthetic_fields(given) == ("identities", "difficulty")
     assert given_synthetic_fields(None) == ()
-    assert len(given_synthetic_fields(SyntheticConfig())) == 10
+    assert len(given_synthetic_fields(SyntheticConfig())) == 11
     # not given -> the documented defaults (200 identities x 24 images, seed 0, ...)
     assert as_synthetic_config(given) == SyntheticConfig(
         identities=7,
@@ -210,6 +212,7 @@ def test_settings_mirror_the_config_and_none_means_not_given():
         seed=0,
         difficulty=0.5,
         quality=92,
+        age_difficulty=1.0,
         template_identities=300,
         templates_per_identity=5,
         images_per_template=3,
@@ -265,15 +268,20 @@ def test_write_synthetic_only_into_an_empty_folder_or_over_a_benchmark(tmp_path)
         read_synthetic_metadata(out)
 
 
-def test_a_version_3_benchmark_reads_as_one_without_template_set(tmp_path):
-    from ekd.data.synthetic import read_synthetic_metadata
-
-    out = tmp_path / "v3"
+def _smallest_benchmark(out):
+    """Generate a 2-identity benchmark without template set into ``out``: its config and synthetic.json."""
     config = SyntheticConfig(
         identities=2, images_per_identity=2, pairs=2, heldout_identities=2, **NO_TEMPLATES
     )
     write_synthetic(out, config)
-    meta = json.loads((out / "synthetic.json").read_text())
+    return config, json.loads((out / "synthetic.json").read_text())
+
+
+def test_a_version_3_benchmark_reads_as_one_without_template_set(tmp_path):
+    from ekd.data.synthetic import read_synthetic_metadata
+
+    out = tmp_path / "v3"
+    _, meta = _smallest_benchmark(out)
     for key in ("template_identities", "templates_per_identity", "images_per_template", "template_sets"):
         del meta[key]
     meta["generator_version"] = 3
@@ -297,3 +305,43 @@ def test_the_cache_folder_changes_with_the_generator_version_and_the_template_se
     assert sources.default_synthetic_root(SyntheticConfig(template_identities=200)) != root
     monkeypatch.setattr(sources, "GENERATOR_VERSION", 3)  # a cache made by generator version 3
     assert sources.default_synthetic_root(config) != root  # is not reused: version 4 generates anew
+
+
+def test_age_pair_ranges_by_hand():
+    from ekd.data.synthetic import age_pair_ranges
+
+    young, old = age_pair_ranges(1.0)  # the gap of every benchmark made before the argument existed
+    assert young == (0.0, 0.15) and old == (0.65, 0.9)
+    young, old = age_pair_ranges(0.6)  # 0.15 + 0.5 * 0.6, 0.15 + 0.75 * 0.6
+    assert young == (0.0, 0.15) and old == pytest.approx((0.45, 0.6), abs=1e-15)
+    assert age_pair_ranges(0.0)[1] == (0.15, 0.15)  # no gap: both images young
+
+
+def test_age_difficulty_changes_only_the_old_images_of_the_age_set():
+    nearer = SyntheticConfig(**{**TINY.__dict__, "age_difficulty": 0.0})
+    images, issame = verification_pairs(TINY, "age")
+    near_images, near_issame = verification_pairs(nearer, "age")
+    assert torch.equal(issame, near_issame)
+    # the same identities, young images and random stream: only every pair's second (old) image moves
+    assert torch.equal(images[0::2], near_images[0::2])
+    assert all(not torch.equal(images[i], near_images[i]) for i in range(1, len(images), 2))
+    # the old image comes nearer to its young partner in a same-identity pair
+    young, old, near_old = (t[issame].float() for t in (images[0::2], images[1::2], near_images[1::2]))
+    assert (near_old - young).abs().mean() < (old - young).abs().mean()
+    for kind in ("frontal", "pose"):  # the other sets do not depend on it
+        assert torch.equal(verification_pairs(TINY, kind)[0], verification_pairs(nearer, kind)[0])
+
+
+def test_a_record_without_age_difficulty_reads_as_the_old_gap_and_the_cache_key_has_it(tmp_path):
+    import ekd.data.sources as sources
+    from ekd.data.synthetic import read_synthetic_metadata
+
+    out = tmp_path / "before"
+    config, meta = _smallest_benchmark(out)
+    assert meta["age_difficulty"] == 1.0
+    del meta["age_difficulty"]  # as written before the argument existed
+    (out / "synthetic.json").write_text(json.dumps(meta))
+    recorded, _ = read_synthetic_metadata(out)
+    assert recorded == config
+    nearer = sources.default_synthetic_root(SyntheticConfig(age_difficulty=0.5))
+    assert nearer != sources.default_synthetic_root(SyntheticConfig())
