@@ -5,17 +5,24 @@ study, the same method and seed with the online teacher and with ``distill.teach
     python bench/bench_teacher_cache.py --study-out study_out            # kd and ekd, seed 100
     python bench/bench_teacher_cache.py --study-out study_out --methods rkd --seed 7
     python bench/bench_teacher_cache.py --quick                          # a smoke test (own tiny teacher)
+    python bench/bench_teacher_cache.py --compare online.csv cached.csv  # two studies, row by row
 
 ``--study-out`` is the folder of an ``ekd-demo --study`` run: its ``teacher/`` is the teacher (its
 benchmark is generated under ``$EKD_DATA_DIR`` if missing). The figures are the runs' own records
 (``results.json``): ``fit_time_s`` (training only) and ``wall_time_s`` (the whole run, evaluation
 included), and the average accuracy as a check that both runs learned alike (same seed; the cache
 stores float16 embeddings, so they are close, not equal).
+
+One pair of runs cannot tell whether the cache changes what a row learns (the seed spread is larger
+than any such change). ``--compare`` can: it takes the ``comparison.csv`` of ``ekd-table`` for a study
+with the online teacher and one with the cache (same seeds) and tests every row x column with Welch's
+test from the tables' n / mean / std, Holm-adjusted over all of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -56,6 +63,40 @@ def record(folder: Path) -> dict:
     }
 
 
+def compare_studies(online_csv: Path, cached_csv: Path) -> None:
+    """Print, for every row x column that both tables hold with >= 2 runs, the cached-minus-online
+    difference, its 95 % interval and Welch's p, Holm-adjusted over all of them."""
+    from ekd.report.table import holm, welch_from_summary
+
+    def rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+        with open(path, newline="") as handle:
+            return {(r["method"], r["column"]): r for r in csv.DictReader(handle)}
+
+    online, cached = rows(online_csv), rows(cached_csv)
+    tests = []
+    for key in (k for k in online if k in cached):
+        a, b = cached[key], online[key]
+        if not (a["std"] and b["std"]):
+            continue  # a single run on a side (the teacher): no test
+        test = welch_from_summary(
+            *(float(a["mean"]), float(a["std"]) ** 2, int(a["n"])),
+            *(float(b["mean"]), float(b["std"]) ** 2, int(b["n"])),
+        )
+        if test is not None:
+            tests.append((key, a, b, test))
+    adjusted = holm([t.p_value for *_, t in tests])
+    print(f"{len(tests)} tests (row x column; cached minus online; Welch, Holm over all of them)\n")
+    print("| row | column | n online / cached | online | cached | difference (95 % CI) | p | p_holm |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for ((_, column), a, b, test), p_holm in zip(tests, adjusted):
+        spread = [f"{float(r['mean']):.2f} ± {float(r['std']):.2f}" for r in (b, a)]
+        print(
+            f"| {a['label']} | {column} | {b['n']} / {a['n']} | {spread[0]} | {spread[1]} "
+            f"| {test.delta:+.2f} ± {test.ci95:.2f} | {test.p_value:.3g} | {p_holm:.3g} |"
+        )
+    print(f"\nsmallest p {min(t.p_value for *_, t in tests):.3g}, smallest p_holm {min(adjusted):.3g}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -66,9 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="the demo's tiny quick runs and teacher (smoke test)"
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("ONLINE_CSV", "CACHED_CSV"),
+        help="test two studies' comparison.csv files row by row instead of timing runs",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        compare_studies(*args.compare)
+        return 0
     if args.quick == (args.study_out is not None):
-        parser.error("give exactly one of --study-out and --quick")
+        parser.error("give exactly one of --study-out, --quick and --compare")
     experiment = "synthetic/student" if args.quick else "synthetic/study_student"
     common = ["logger=csv", "callbacks.verification=null", f"student={STUDENTS['mobilefacenet']}"]
     common += list(QUICK_OVERRIDES) if args.quick else []

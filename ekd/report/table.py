@@ -230,17 +230,26 @@ class Welch:
 def welch_test(a: Sequence[float], b: Sequence[float]) -> Welch | None:
     """Welch's two-sided t-test of the means of ``a`` and ``b``; None when either has fewer than 2
     values or neither varies (standard error 0)."""
-    n_a, n_b = len(a), len(b)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return welch_from_summary(_mean(a), _variance(a), len(a), _mean(b), _variance(b), len(b))
+
+
+def welch_from_summary(
+    mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int
+) -> Welch | None:
+    """Welch's test from each side's mean, sample variance (n - 1 denominator) and count, as a table's
+    ``mean``, ``std`` and ``n`` give them; None under the conditions of :func:`welch_test`."""
     if n_a < 2 or n_b < 2:
         return None
-    var_a, var_b = _variance(a) / n_a, _variance(b) / n_b
-    se2 = var_a + var_b
+    sq_a, sq_b = var_a / n_a, var_b / n_b
+    se2 = sq_a + sq_b
     if se2 <= 0.0:
         return None
     se = math.sqrt(se2)
-    delta = _mean(a) - _mean(b)
+    delta = mean_a - mean_b
     t = delta / se
-    df = se2**2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
+    df = se2**2 / (sq_a**2 / (n_a - 1) + sq_b**2 / (n_b - 1))
     half = t_quantile(0.5 + CONFIDENCE / 2, df) * se
     return Welch(delta=delta, se=se, t=t, df=df, p_value=t_two_sided_p(t, df), ci95=half)
 

@@ -25,6 +25,7 @@ from ekd.report.table import (
     format_cost,
     holm,
     significance_mark,
+    welch_from_summary,
     welch_test,
 )
 from tests.report.test_table import _row
@@ -112,6 +113,26 @@ def test_welch_textbook_example():
 
     reference = stats.ttest_ind(a, b, equal_var=False)
     assert (test.t, test.p_value) == pytest.approx((reference.statistic, reference.pvalue), rel=1e-10)
+
+
+def test_welch_from_a_tables_summary_statistics():
+    """The same example from each side's mean, std and n (what a comparison.csv row keeps): the
+    by-hand values, and scipy's ttest_ind_from_stats as an independent check."""
+    a = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+    b = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+    mean_a, mean_b = math.fsum(a) / 15, math.fsum(b) / 15
+    test = welch_from_summary(mean_a, _var(a), 15, mean_b, _var(b), 15)
+    delta, se, t, df, p = _welch_by_hand(a, b)
+    assert (test.delta, test.se, test.t, test.df) == pytest.approx((delta, se, t, df), rel=1e-12)
+    assert test.p_value == pytest.approx(p, rel=1e-8)
+    from scipy import stats
+
+    reference = stats.ttest_ind_from_stats(
+        mean_a, math.sqrt(_var(a)), 15, mean_b, math.sqrt(_var(b)), 15, equal_var=False
+    )
+    assert (test.t, test.p_value) == pytest.approx((reference.statistic, reference.pvalue), rel=1e-10)
+    assert welch_from_summary(1.0, 2.0, 1, 2.0, 2.0, 5) is None  # one run on a side: no test
+    assert welch_from_summary(1.0, 0.0, 3, 2.0, 0.0, 5) is None  # neither varies
 
 
 def test_welch_when_one_side_does_not_vary_and_when_there_is_no_test():
