@@ -17,6 +17,7 @@ from ekd.report.results import (
     git_commit,
     library_versions,
     load_results,
+    machine_record,
     write_results,
 )
 from ekd.report.table import (
@@ -51,6 +52,7 @@ __all__ = [
     "find_results",
     "git_commit",
     "library_versions",
+    "machine_record",
     "load_paper_table",
     "load_results",
     "log_to_wandb",

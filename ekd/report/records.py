@@ -1,7 +1,7 @@
 """The ``RunResults`` record of an ``ekd-train`` run, from its composed config.
 
 :func:`run_record` fills in what a run knows from its config (method row, dataset, networks, teacher
-file and hash, seed, where it ran, versions); the caller adds what it measured, or turns it into the
+file and hash, seed, where it ran, versions, machine); the caller adds what it measured, or turns it into the
 record of a run that stopped on an exception with :meth:`RunResults.as_failed`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ekd.report.results import RunResults, git_commit, library_versions
+from ekd.report.results import RunResults, git_commit, library_versions, machine_record
 
 
 def run_record(
@@ -52,4 +52,5 @@ def run_record(
         output_dir=str(Path(output_dir).resolve()),
         created=_datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
         versions=library_versions(),
+        machine=machine_record(),
     )

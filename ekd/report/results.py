@@ -56,7 +56,12 @@ fit_time_s           seconds in ``Trainer.fit``; ``wall_time_s`` the whole run
 git_commit           ``git rev-parse HEAD`` of the source checkout (``+dirty`` with local changes)
 output_dir           the run directory; ``checkpoint`` its last Lightning checkpoint (or null) and
                      ``backbone_file`` the plain backbone state_dict (insightface layout)
-created              ISO time the file was written; ``versions`` of ekd, torch, Lightning, Python
+created              ISO time the file was written; ``versions`` of ekd, torch, Lightning, numpy, Pillow,
+                     Python
+machine              ``{"cpu", "cpu_capability", "cpus", "accelerator"}`` (:func:`machine_record`): the
+                     hardware that ran it, for the cost columns (time, images/s) and because the same
+                     seed can train differently where the kernels round differently (e.g. AVX2 vs
+                     AVX-512 paths); null in files written before ekd recorded it
 ===================  ==============================================================================
 
 Files are written atomically (temporary file + rename), so a reader never sees half a file, and a
@@ -134,6 +139,7 @@ class RunResults:
     backbone_file: str | None = None
     created: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, Any] | None = None
     format: str = FORMAT
     # where the record was read from (not stored in the file)
     path: str | None = field(default=None, compare=False)
@@ -344,7 +350,10 @@ def git_commit(root: Path | None) -> str | None:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of ekd, torch, Lightning and Python (recorded with every run)."""
+    """Versions of ekd, torch, Lightning, numpy, Pillow (which encodes and decodes the images) and
+    Python (recorded with every run)."""
+    import numpy
+    import PIL
     import pytorch_lightning
     import torch
 
@@ -354,7 +363,43 @@ def library_versions() -> dict[str, str]:
         "ekd": ekd.__version__,
         "torch": torch.__version__,
         "pytorch_lightning": pytorch_lightning.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
         "python": sys.version.split()[0],
+    }
+
+
+def cpu_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model name, with family and model numbers where ``cpuinfo`` gives them (a virtual
+    machine may report just "AMD EPYC"); ``platform.processor()`` where there is no such file."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def machine_record() -> dict[str, Any]:
+    """The hardware a run ran on: CPU model, the instruction set torch's CPU kernels use (e.g.
+    ``AVX2``, ``AVX512``), logical CPUs, and the CUDA device's name (None without one)."""
+    import torch
+
+    return {
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpus": os.cpu_count(),
+        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

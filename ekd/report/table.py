@@ -567,6 +567,16 @@ def run_cost(result: RunResults) -> dict[str, float]:
 IGNORED_DATA_KEYS = ("root", "path")  # where the data lies does not change what it is
 
 
+def machine_label(result: RunResults) -> str:
+    """``cpu [capability] + accelerator`` from a run's ``machine`` record; "machine not recorded" for
+    files written before ekd recorded it."""
+    machine = result.machine
+    if not machine:
+        return "machine not recorded"
+    label = f"{machine.get('cpu')} [{machine.get('cpu_capability')}]"
+    return label + (f" + {machine['accelerator']}" if machine.get("accelerator") else "")
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -799,6 +809,7 @@ def _build_table(
     ijb_keys = {c.set_key for c in columns if c.set_key in PAPER_TEMPLATE_SETS}
     ijb_protocols: dict[str, None] = {}  # insertion-ordered set
     counts: dict[str, list[int]] = defaultdict(list)  # synthetic template set: impostor / genuine counts
+    machines: dict[str, int] = defaultdict(int)  # machine label -> finished runs
     for result in results:
         key = (result.student, result.method)
         if key not in rows:
@@ -821,6 +832,7 @@ def _build_table(
             notes.append(f"{row.label}: seed {result.seed} appears in more than one run; all are averaged")
         row.seeds.append(result.seed)
         row.runs.append(result.path or "")
+        machines[machine_label(result)] += 1
         if any(_set_metrics(result, key) is not None for key in ijb_keys):
             ijb_protocols.setdefault(ijb_protocol_label(result), None)
         synthetic_ijb = _set_metrics(result, "synthijb") or {}
@@ -848,6 +860,12 @@ def _build_table(
         cells_n = {label: stat.n for label, stat in row.cells.items()}
         if any(n != row.n for n in cells_n.values()):
             notes.append(f"{row.label}: some sets are missing from some runs ({cells_n} of {row.n} runs)")
+    if len(machines) > 1:
+        listed = "; ".join(f"{label}: {n} run{'s' * (n != 1)}" for label, n in machines.items())
+        notes.append(
+            f"the runs come from {len(machines)} machines ({listed}): training time and images/s compare "
+            "only within one, and a seed need not train the same on both"
+        )
 
     ordered = sorted(rows.values(), key=_order_key)
     _fill_deltas(ordered, notes)

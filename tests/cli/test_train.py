@@ -97,6 +97,14 @@ def test_recognition_run_writes_results_checkpoint_and_config(teacher_run):
     }
     assert len(on_disk.roc["synth_pose"]["fpr"]) <= 10
     assert on_disk.throughput["images_per_s"] > 0 and on_disk.wall_time_s > 0
+    # where it ran and with what: the libraries that make the images and the kernels torch chose
+    import numpy
+    import PIL
+
+    assert on_disk.versions["numpy"] == numpy.__version__ and on_disk.versions["pillow"] == PIL.__version__
+    assert on_disk.machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    assert on_disk.machine["cpus"] == os.cpu_count() and on_disk.machine["accelerator"] == cuda
     # parameters of a freshly built student, counted here independently
     from ekd.models import create_backbone
 

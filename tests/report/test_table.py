@@ -312,3 +312,31 @@ def test_rows_follow_the_recorded_order_and_label_without_the_method_file():
     (table,) = build_tables(runs)
     assert [r.label for r in table.rows] == ["MobileFaceNet (no KD)", "My KD", "EKD"]
     assert table.row("mine").delta["LFW"] == pytest.approx(0.2)
+
+
+def test_runs_from_several_machines_are_named_in_the_notes():
+    avx2 = {"cpu": "AMD EPYC (family 25, model 1)", "cpu_capability": "AVX2", "cpus": 2, "accelerator": None}
+    h200 = {**avx2, "cpu_capability": "AVX512", "accelerator": "NVIDIA H200"}
+    same = [_result("none", s, {"lfw": 99.5 + s / 10}, machine=avx2) for s in range(2)]
+    (table,) = build_tables(same)
+    assert not any("machines" in note for note in table.notes)
+    mixed = [*same, _result("ekd", 0, {"lfw": 99.7}, machine=h200), _result("ekd", 1, {"lfw": 99.6})]
+    (table,) = build_tables(mixed)
+    (note,) = [note for note in table.notes if "machines" in note]
+    assert note.startswith("the runs come from 3 machines (AMD EPYC (family 25, model 1) [AVX2]: 2 runs; ")
+    assert "[AVX512] + NVIDIA H200: 1 run;" in note and "machine not recorded: 1 run)" in note
+    # the record survives the file: written and read back
+    assert RunResults.from_dict(mixed[2].to_dict()).machine == h200
+
+
+def test_cpu_name_reads_the_first_processor_block(tmp_path):
+    from ekd.report.results import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+    block += "model name\t: AMD EPYC\n"
+    info.write_text(block.format(0) + "\n" + block.format(1).replace("AMD EPYC", "other"))
+    assert cpu_name(info) == "AMD EPYC (family 25, model 1)"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")  # no family / model: the name alone
+    assert cpu_name(info) == "Some CPU"
+    assert cpu_name(tmp_path / "missing")  # no file: the platform's own description, never empty
