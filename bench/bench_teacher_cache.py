@@ -23,44 +23,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from perf_common import record, run_side_by_side, student_command
+
 from ekd.cli.demo import QUICK_OVERRIDES, STUDENTS, compose_run_config, ensure_teacher_cache
-
-SETS = ("synth_frontal", "synth_pose", "synth_age")
-
-
-def student_command(experiment: str, overrides: list[str], folder: Path) -> list[str]:
-    return ["ekd-train", f"experiment={experiment}", *overrides, f"hydra.run.dir={folder}"]
-
-
-def run_side_by_side(commands: list[list[str]]) -> None:
-    """Run every command at once, each with one intra-op thread, until all have ended."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    processes = [
-        subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for c in commands
-    ]
-    for command, process in zip(commands, processes):
-        _, err = process.communicate()
-        if process.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err[-3000:]}")
-
-
-def record(folder: Path) -> dict:
-    results = json.loads((folder / "results.json").read_text())
-    return {
-        "fit": results["fit_time_s"],
-        "wall": results["wall_time_s"],
-        "avg": 100 * sum(results["metrics"][s]["accuracy"] for s in SETS) / len(SETS),
-        "used": (results.get("teacher_cache") or {}).get("used"),
-    }
 
 
 def compare_studies(online_csv: Path, cached_csv: Path) -> None:

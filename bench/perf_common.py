@@ -1,5 +1,6 @@
 """Shared pieces of the performance benchmarks: real training steps of the ekd Lightning modules run by
-hand (no Trainer), a random teacher file, a teacher cache with stand-in values, and timing helpers.
+hand (no Trainer), a random teacher file, a teacher cache with stand-in values, timing helpers, and
+whole ``ekd-train`` runs side by side (one thread each) with the figures of their ``results.json``.
 
 The step is ``module.training_step(batch)`` + backward + SGD step, i.e. exactly the code a Trainer
 runs per batch (the loop overhead is measured separately in bench_lightning_loop.py).
@@ -8,7 +9,10 @@ runs per batch (the loop overhead is measured separately in bench_lightning_loop
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -145,3 +149,38 @@ def emit(text: str, markdown: str | None) -> str:
         with open(markdown, "a") as handle:
             handle.write(text + "\n")
     return text
+
+
+# ------------------------------------------------------------------ whole ekd-train runs, side by side
+
+SETS = ("synth_frontal", "synth_pose", "synth_age")
+
+
+def student_command(experiment: str, overrides: list[str], folder: Path) -> list[str]:
+    return ["ekd-train", f"experiment={experiment}", *overrides, f"hydra.run.dir={folder}"]
+
+
+def run_side_by_side(commands: list[list[str]]) -> None:
+    """Run every command at once, each with one intra-op thread, until all have ended."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    processes = [
+        subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    for command, process in zip(commands, processes):
+        _, err = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err[-3000:]}")
+
+
+def record(folder: Path) -> dict[str, Any]:
+    """A finished run's fit and whole-run seconds, training images/s, average accuracy over the synthetic
+    pair sets (%) and whether it read a teacher cache."""
+    results = json.loads((folder / "results.json").read_text())
+    return {
+        "fit": results["fit_time_s"],
+        "wall": results["wall_time_s"],
+        "images_per_s": results.get("train_images_per_s"),
+        "avg": 100 * sum(results["metrics"][s]["accuracy"] for s in SETS) / len(SETS),
+        "used": (results.get("teacher_cache") or {}).get("used"),
+    }

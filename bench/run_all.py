@@ -28,7 +28,10 @@ QUICK_ARGS: dict[str, list[str]] = {
 }
 NEEDS_SYNTHETIC_ROOT = {"calibrate_synthetic.py"}
 # scripts whose full measurement needs the output of a long run: only their --quick form runs here
-ONLY_QUICK = {"bench_teacher_cache.py": "needs a finished study: bench_teacher_cache.py --study-out DIR"}
+ONLY_QUICK = {
+    "bench_teacher_cache.py": "needs a finished study: bench_teacher_cache.py --study-out DIR",
+    "bench_channels_last.py": "needs a study folder: bench_channels_last.py --study-out DIR",
+}
 
 
 def scripts(include_gpu: bool) -> list[Path]:
