@@ -33,12 +33,13 @@ Images contract of ARCHITECTURE.md and mirrored as the key says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,41 @@ def default_synthetic_root(config: SyntheticConfig) -> Path:
     return Path(os.environ.get("EKD_DATA_DIR", "~/.cache/ekd")).expanduser() / f"synthetic-{digest}"
 
 
+@contextlib.contextmanager
+def generation_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<root name>.lock`` beside ``root`` (created, and kept: removing a lock
+    file that another process may hold open would let two processes lock different files). Where the
+    platform or file system has no ``flock`` the block runs unlocked, with a warning."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        log.warning("no file locks on this platform: do not prepare %s from two processes at once", root)
+        yield
+        return
+    lock_path = root.parent / f".{root.name}.lock"
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115 (closed below, after the unlock)
+    except OSError as err:  # a read-only parent: generation reports its own error
+        log.warning("cannot create the lock file %s (%s): preparing %s unlocked", lock_path, err, root)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish generating %s (lock %s)", root, lock_path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:  # e.g. ENOLCK on a file system without locks
+            log.warning("cannot lock %s (%s): preparing %s unlocked", lock_path, err, root)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @register_data_source("synthetic")
 class SyntheticSource(DataSource):
     """The synthetic identity benchmark in ``root``.
@@ -159,6 +195,9 @@ class SyntheticSource(DataSource):
       log line naming the folder and the arguments.
     - ``root`` holds anything else (a mistyped path, real data): a DataError naming the folder and
       what it contains; nothing is generated next to those files.
+    - Processes that prepare the same ``root`` at once (a parallel sweep on a fresh cache) take turns
+      on a lock file beside it (``.<root name>.lock``, ``fcntl.flock``): one generates, the others wait
+      and then read its benchmark.
     """
 
     def __init__(
@@ -209,6 +248,14 @@ class SyntheticSource(DataSource):
 
         A non-empty ``root`` without a generated benchmark is a DataError naming the folder and its files.
         """
+        if self._read_recorded() is not None:
+            self._prepare_locked()
+            return
+        with generation_lock(self.root):
+            self._recorded = None  # another process may have generated it while this one waited
+            self._prepare_locked()
+
+    def _prepare_locked(self) -> None:
         recorded = self._read_recorded()
         if recorded is not None:
             config, meta = recorded

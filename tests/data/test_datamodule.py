@@ -4,6 +4,7 @@ cache served with the batch, verification sets, resume under Lightning."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -189,6 +190,46 @@ def test_generation_into_a_new_folder_says_where_and_with_what(tmp_path, caplog)
     empty.mkdir()
     FaceDataModule(source="synthetic", root=str(empty), synthetic=tiny).prepare_data()
     assert (empty / "synthetic.json").is_file()
+
+
+def _prepare_in_child(root: str, calls: str, start) -> None:
+    """A forked process preparing the synthetic source at ``root`` (tiny benchmark)."""
+    import ekd.data.sources as sources
+
+    real = sources.write_synthetic
+
+    def counted(out, config):  # note each generation; a slow one widens the window for a race
+        with open(calls, "a") as handle:
+            handle.write(f"{out}\n")
+        time.sleep(0.5)
+        return real(out, config)
+
+    sources.write_synthetic = counted
+    start.wait()
+    module = FaceDataModule(source="synthetic", root=root, synthetic=SYNTH, num_workers=0)
+    module.prepare_data()
+    module.setup("fit")
+    assert len(module.dataset) == SYNTH["identities"] * SYNTH["images_per_identity"]
+
+
+def test_two_processes_preparing_one_new_folder_generate_it_once(tmp_path):
+    """A parallel sweep on a fresh data cache: both processes train on one benchmark, generated once
+    (without the lock the second found the first's half-written folder and stopped with a DataError)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    root, calls = tmp_path / "cache" / "synthetic-new", tmp_path / "calls.txt"
+    start = context.Barrier(2)
+    children = [
+        context.Process(target=_prepare_in_child, args=(str(root), str(calls), start)) for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(120)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert calls.read_text().splitlines() == [str(root)]
+    assert (root / "synthetic.json").is_file() and (tmp_path / "cache" / ".synthetic-new.lock").is_file()
 
 
 def test_a_folder_with_other_files_is_never_generated_into(tmp_path):
