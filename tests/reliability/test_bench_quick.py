@@ -1,4 +1,4 @@
-"""The prepared GPU benchmark runs end to end on tiny sizes on the CPU (what a lent GPU machine will run)."""
+"""Prepared benchmarks run end to end on tiny sizes on the CPU (as run_all.py --quick and a GPU run do)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def test_lightning_loop_bench_quick(tmp_path):
     text = markdown.read_text()
     for variant in ("raw PyTorch loop", "ekd-train's Trainer", "bare Trainer.fit", "the raw loop's math"):
         assert variant in text
+
+
+def test_channels_last_bench_quick_on_a_fresh_data_cache(tmp_path):
+    """Two whole ekd-train runs side by side (perf_common's helpers, shared with bench_teacher_cache)
+    on a data cache neither has generated yet: one generates the benchmark, the other waits for it."""
+    import os
+
+    env = {**os.environ, "EKD_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(BENCH / "bench_channels_last.py"), "--quick"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| none |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == 7 and cells[3].endswith("x") and cells[4].endswith("x")
+    assert all(0.0 <= float(acc) <= 100.0 for acc in cells[6].split(" / "))
