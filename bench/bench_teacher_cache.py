@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from perf_common import record, run_side_by_side, student_command
+from perf_common import record, run_side_by_side, student_command, time_cells
 
 from ekd.cli.demo import QUICK_OVERRIDES, STUDENTS, compose_run_config, ensure_teacher_cache
 
@@ -133,12 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if not b["used"]:
                 print(f"| {method} | the cache was not used by this row (it reads stage feature maps) |||||")
                 continue
-            ratios = f"{a['fit'] / b['fit']:.2f}x | {a['wall'] / b['wall']:.2f}x"
-            print(
-                f"| {method} | {a['fit']:.0f} / {a['wall']:.0f} | {b['fit']:.0f} / {b['wall']:.0f} "
-                f"| {ratios} | {a['avg']:.2f} / {b['avg']:.2f} |",
-                flush=True,
-            )
+            print(f"| {method} | {time_cells(a, b)} | {a['avg']:.2f} / {b['avg']:.2f} |", flush=True)
     return 0
 
 

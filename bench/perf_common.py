@@ -184,3 +184,11 @@ def record(folder: Path) -> dict[str, Any]:
         "avg": 100 * sum(results["metrics"][s]["accuracy"] for s in SETS) / len(SETS),
         "used": (results.get("teacher_cache") or {}).get("used"),
     }
+
+
+def time_cells(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Markdown cells of two :func:`record` s side by side: fit / whole run of each, then both ratios."""
+    return (
+        f"{a['fit']:.0f} / {a['wall']:.0f} | {b['fit']:.0f} / {b['wall']:.0f} "
+        f"| {a['fit'] / b['fit']:.2f}x | {a['wall'] / b['wall']:.2f}x"
+    )
