@@ -58,6 +58,7 @@ relational distillation terms are global anyway. :attr:`last_logged` holds the l
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import random
@@ -249,6 +250,20 @@ class RecognitionModule(pl.LightningModule):
             raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}")
         recognition_weight, _ = split_weight("recognition", {"weight": recognition_weight}, 1.0, "loss")
         self.save_hyperparameters()
+        # Lightning lets the most specific __init__ frame win, and a subclass's frame still holds the
+        # raw arguments (Hydra's DictConfigs): put back the normalized values and make every other one a
+        # plain container, or fit(ckpt_path=...) (weights_only=True) could not read the checkpoint back.
+        normalized = dict(
+            student=student,
+            head=head,
+            aux_losses=aux_losses,
+            optim=optim,
+            schedule=schedule,
+            nonfinite=nonfinite,
+            recognition_weight=recognition_weight,
+        )
+        self._set_hparams({key: normalized.get(key, plain(value)) for key, value in self.hparams.items()})
+        self._hparams_initial = copy.deepcopy(self._hparams)
 
         embedding_size = self.student_config.embedding_size
         self.student = create_backbone(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import shutil
 from typing import Any
@@ -439,3 +440,40 @@ def test_prototypes_reach_the_module_through_a_callback(teacher_files):
     # without a Trainer (or with setup called by hand) the missing prototypes are named
     with pytest.raises(RuntimeError, match="TeacherPrototypesCallback"):
         distillation_module(teacher_files["plain"], {"kd": {}}, teacher_centres="prototypes").setup("fit")
+
+
+def test_a_module_built_from_hydra_configs_resumes_from_its_checkpoint(teacher_files, tmp_path):
+    """``ekd-train`` passes OmegaConf sections; the saved hparams must still be plain containers, or
+    ``fit(ckpt_path=...)`` (which reads with ``weights_only=True``) cannot resume the run."""
+    from omegaconf import OmegaConf
+
+    module = distillation_module(
+        teacher_files["ckpt"],
+        {"kd": {"weight": 1.0}},
+        student=OmegaConf.create(STUDENT_SECTION),
+        head=OmegaConf.create(HEAD_SECTION),
+        aux_losses=OmegaConf.create({}),
+        optim=OmegaConf.create({"lr": 0.05}),
+        schedule=OmegaConf.create({"name": "constant"}),
+        nonfinite="stop",
+    )
+    expected = distillation_module(teacher_files["ckpt"], {"kd": {"weight": 1.0}}, aux_losses={})
+    # the same normalized values in plain containers (a tuple in the test's section is a list in OmegaConf's)
+    assert json.dumps(dict(module.hparams), sort_keys=True) == json.dumps(
+        dict(expected.hparams), sort_keys=True
+    )
+    fit = trainer(max_steps=1)
+    fit.fit(module, loader(batch_size=8))
+    path = tmp_path / "student.ckpt"
+    fit.save_checkpoint(path)
+    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert (
+        saved["student"] == json.loads(json.dumps(expected.hparams.student)) and saved["optim"]["lr"] == 0.05
+    )
+    resumed = trainer(max_steps=2)
+    resumed.fit(
+        distillation_module(teacher_files["ckpt"], {"kd": {"weight": 1.0}}),
+        loader(batch_size=8),
+        ckpt_path=path,
+    )
+    assert resumed.global_step == 2
