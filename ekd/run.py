@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -126,14 +127,27 @@ def run(
         callbacks = instantiate_entries(cfg.callbacks, "callbacks")
         trainer = build_trainer(cfg, output_dir, loggers, callbacks)
         from ekd.eval import evaluation_device
+        from ekd.models.loading import allowed_checkpoint_classes
         from ekd.resources import peak_memory_mib, reset_peak_memory
 
         memory_device = evaluation_device(str(cfg.trainer.accelerator))
         memory_reset = reset_peak_memory(memory_device)
+        # read before the fit: resume=auto continues from last.ckpt, which the fit then overwrites
+        start_step = resumed_step(start.ckpt_path, trust_pickle=cfg.trust_pickle)
         fit_start = time.time()
         signalled = False
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=start.ckpt_path)
+            # Lightning reads the checkpoint with weights_only=True: allow the hyper-parameter classes
+            # of the module docstring of ekd.models.loading, or everything with trust_pickle=true
+            trusted = start.ckpt_path is None or cfg.trust_pickle
+            allowed = contextlib.nullcontext() if trusted else allowed_checkpoint_classes(start.ckpt_path)
+            with allowed:
+                trainer.fit(
+                    module,
+                    datamodule=datamodule,
+                    ckpt_path=start.ckpt_path,
+                    weights_only=False if cfg.trust_pickle else None,
+                )
         except SIGTERMException:  # Lightning's end of a fit that received SIGTERM (a SystemExit)
             signalled = True
         except Exception as error:
@@ -148,7 +162,7 @@ def run(
             return None
         fit_cost = FitCost(
             fit_time_s=time.time() - fit_start,
-            start_step=resumed_step(start.ckpt_path),
+            start_step=start_step,
             peak_memory_mib=peak_memory_mib(memory_device, memory_reset),
         )
         return finish_run(cfg, output_dir, module, datamodule, trainer, experiment, sweep, started, fit_cost)
@@ -299,13 +313,13 @@ class FitCost:
     peak_memory_mib: float | None = None
 
 
-def resumed_step(checkpoint: str | os.PathLike | None) -> int:
+def resumed_step(checkpoint: str | os.PathLike | None, trust_pickle: bool = False) -> int:
     """The optimizer step stored in the checkpoint a fit resumes from (0 without one)."""
     if checkpoint is None:
         return 0
     from ekd.models.loading import read_checkpoint
 
-    return int(read_checkpoint(Path(checkpoint)).get("global_step", 0))
+    return int(read_checkpoint(Path(checkpoint), trust_pickle=trust_pickle).get("global_step", 0))
 
 
 def train_batch_size(trainer: Any, datamodule: Any) -> int | None:

@@ -45,6 +45,7 @@ RUN_FILES = (CONFIG_FILE, LAST_CHECKPOINT, BACKBONE_FILE, "results.json")
 # files are, how the run is watched, how it is evaluated at the end, and how data is loaded (not which).
 MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
     "resume",
+    "trust_pickle",
     "overwrite",
     "imports",
     "output_dir",

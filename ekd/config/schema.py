@@ -159,6 +159,9 @@ class TrainConfig:
     # continue a run: "auto" (hydra.run.dir's checkpoints/last.ckpt; a fresh start when there is none;
     # implied in a SLURM job that was requeued) or the path of a checkpoint file; docs/reliability.md
     resume: Optional[str] = None
+    # resume from a checkpoint that torch.load(weights_only=True) cannot read (one written before the
+    # hparams fix of 2026-12-01 pickled the Hydra config): unpickles anything, so only for your own files
+    trust_pickle: bool = False
     # a folder that holds another run (finished or interrupted) is refused unless this is true; its run
     # files are then removed first
     overwrite: bool = False

@@ -5,8 +5,10 @@ checkpoint:
 
 - ``checkpoints/last.ckpt`` is written at the end of every epoch and every ``every_n_train_steps``
   optimizer steps, always at a step boundary (``on_train_batch_end``, where Lightning's own
-  checkpoints resume exactly), and atomically: the checkpoint goes to a temporary file in the same
-  folder, is flushed to disk, then renamed over ``last.ckpt`` (a crash leaves the previous one).
+  checkpoints resume exactly; the epoch's one after its last step, since one written in
+  ``on_train_epoch_end`` resumes a step short), and atomically: the checkpoint goes to a temporary
+  file in the same folder, is flushed to disk, then renamed over ``last.ckpt`` (a crash leaves the
+  previous one).
 - Signals stop the run at the next step boundary with a checkpoint of that step: SIGINT (Ctrl-C; a
   second Ctrl-C interrupts at once), SIGTERM (``kill``, SLURM preemption) and ``requeue_signal``
   (SIGUSR2 by default: what the SLURM launcher config asks SLURM to send ``signal_delay_s`` before
@@ -125,7 +127,11 @@ class LastCheckpoint(Checkpoint):
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # inside a gradient accumulation: not a step boundary (the gradients are not saved)
         stop = self.save_on_signal and self._signal_everywhere(trainer)
-        due = (
+        # the epoch's checkpoint is taken here, after its last step: a checkpoint written in
+        # on_train_epoch_end resumes one step short (Lightning restarts that epoch with one batch more)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        epoch_end = epoch_loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        due = epoch_end or (
             self.every_n_train_steps is not None
             and trainer.global_step > 0
             and trainer.global_step % self.every_n_train_steps == 0
@@ -142,10 +148,6 @@ class LastCheckpoint(Checkpoint):
             )
             trainer.should_stop = True
             self._run_deferred()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._last_saved_step and self.interrupted is None:
-            self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # max_steps reached inside an epoch: the final state is the last checkpoint too

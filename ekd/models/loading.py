@@ -44,6 +44,7 @@ never a silently different network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -53,7 +54,7 @@ import pickle
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,10 @@ SAFE_GLOBAL_MODULES = (
 )
 SAFE_BUILTINS = frozenset(
     {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes", "slice"}
+)
+TRUST_REMEDY = (
+    "if it is a whole model saved with torch.save(model), your own run's checkpoint or another trusted "
+    "file, load it with trust_pickle=True (ekd-train: trust_pickle=true; this runs code from the file)"
 )
 SHOW_FIRST = 5  # keys listed per category in mismatch messages
 
@@ -203,22 +208,48 @@ def read_checkpoint(path: PathLike, trust_pickle: bool = False) -> object:
                 f"{path}: unpickling with trust_pickle=True failed ({type(error).__name__}: {error}); "
                 "a pickled module needs its classes importable under the same names"
             ) from error
+    with allowed_checkpoint_classes(path, weights_only_error):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def allowed_checkpoint_classes(
+    path: PathLike, weights_only_error: BaseException | None = None
+) -> Iterator[None]:
+    """Within this context ``torch.load(path, weights_only=True)`` accepts the allow-listed classes (the
+    module docstring) that the file at ``path`` references, e.g. the OmegaConf containers older ekd
+    checkpoints pickled in their hyper-parameters: Lightning's ``fit(ckpt_path=...)`` reads that way.
+    A file referencing anything else is a ``CheckpointError`` naming the file and those globals."""
+    path = Path(path)
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001  (legacy-format files cannot be scanned)
         needed = []
     unsafe = sorted(name for name in needed if not _is_safe_global(name))
-    if needed and not unsafe:
-        allowed = [_resolve_global(name) for name in needed]
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    if not needed:  # legacy files cannot be scanned: take the global torch names in its message
+    if not unsafe and (needed or weights_only_error is None):
+        with torch.serialization.safe_globals([_resolve_global(name) for name in needed]):
+            try:
+                yield
+            except pickle.UnpicklingError as error:  # allowed classes that torch's safe loader cannot build
+                raise CheckpointError(
+                    f"{path} cannot be read with torch.load(weights_only=True) ({_first_line(error)}); "
+                    f"{TRUST_REMEDY}"
+                ) from error
+        return
+    if not needed and weights_only_error is not None:  # legacy: the global names in torch's message
         unsafe = re.findall(r"GLOBAL ([\w.]+)", str(weights_only_error))
     shown = _listing(unsafe) or "objects torch's safe loader rejects"
     raise CheckpointError(
-        f"{path} pickles Python objects beyond tensors and containers ({shown}); if it is a whole model "
-        "saved with torch.save(model) or another trusted file, load it with trust_pickle=True (this "
-        "runs code from the file)"
+        f"{path} pickles Python objects beyond tensors and containers ({shown}); {TRUST_REMEDY}"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of torch's long weights_only message (its 'WeightsUnpickler error' line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next(
+        (line for line in lines if "WeightsUnpickler error" in line),
+        lines[0] if lines else type(error).__name__,
     )
 
 

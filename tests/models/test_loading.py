@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 
 import pytest
@@ -21,7 +22,7 @@ from ekd.models import (
     load_recorded_backbone,
     write_backbone_record,
 )
-from ekd.models.loading import read_state_dict
+from ekd.models.loading import allowed_checkpoint_classes, read_state_dict
 
 TINY = dict(embedding_size=16, base_width=8, input_size=(32, 32))
 
@@ -409,3 +410,24 @@ def test_hyper_parameters_kept_as_omegaconf_are_read(tmp_path, source) -> None:
         {"base_width": 8, "input_size": [32, 32]},
     )
     torch.testing.assert_close(_embedding(load_backbone(None, tmp_path / "old.ckpt")), _embedding(source))
+
+
+def test_allowed_checkpoint_classes_lets_a_weights_only_load_read_omegaconf_hparams(tmp_path) -> None:
+    # what Lightning's fit(ckpt_path=...) does: torch.load(weights_only=True) of the whole checkpoint
+    hparams = {"student": OmegaConf.create({"name": "mobilefacenet"})}
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    with pytest.raises(pickle.UnpicklingError, match="DictConfig"):
+        torch.load(tmp_path / "old.ckpt", weights_only=True)
+    with allowed_checkpoint_classes(tmp_path / "old.ckpt"):
+        loaded = torch.load(tmp_path / "old.ckpt", weights_only=True)
+    assert loaded["hyper_parameters"]["student"].name == "mobilefacenet"
+    with pytest.raises(pickle.UnpicklingError):  # allowed inside the context only
+        torch.load(tmp_path / "old.ckpt", weights_only=True)
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "plain.ckpt")
+    with allowed_checkpoint_classes(tmp_path / "plain.ckpt"):  # nothing to allow
+        plain = torch.load(tmp_path / "plain.ckpt", weights_only=True)
+    assert torch.equal(plain["state_dict"]["w"], torch.ones(2))
+    torch.save({"state_dict": {}, "callback": print}, tmp_path / "code.ckpt")
+    refused = pytest.raises(CheckpointError, match=r"code.ckpt pickles .*builtins.print")
+    with refused, allowed_checkpoint_classes(tmp_path / "code.ckpt"):
+        pass

@@ -1,5 +1,6 @@
-"""Exact resume: a run killed mid-epoch and resumed from its last checkpoint ends exactly like an
-uninterrupted one (weights, optimizer momentum, EKD thresholds, sampler position and flips, metrics)."""
+"""Exact resume: a run killed mid-epoch, or just after an epoch ended, and resumed from its last
+checkpoint ends exactly like an uninterrupted one (weights, optimizer momentum, EKD thresholds, sampler
+position and flips, metrics)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import pytorch_lightning as pl
 import torch
 
 from ekd.data.datamodule import FaceDataModule
+from ekd.lit.checkpoint import LAST, LastCheckpoint
 from ekd.lit.distillation import DistillationModule
 from ekd.lit.recognition import RecognitionModule
 from tests.reliability.common import module_options, teacher_file, trainer, write_records
 
 # 16 images of 4 identities; EKD batches of 4 general + 2 x 2 balanced rows -> 4 steps per epoch, so
-# 6 steps cross an epoch boundary and a stop after step 3 is mid-epoch.
+# 6 steps cross an epoch boundary and a stop after step 3 is mid-epoch (after step 4: at the boundary).
 LABELS = [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
 TOTAL_STEPS = 6
 STOP_AFTER = 3
+STEPS_PER_EPOCH = 4
 
 
 class Killed(RuntimeError):
@@ -26,12 +29,15 @@ class Killed(RuntimeError):
 
 
 class Kill(pl.Callback):
-    """Stops the process (an exception, like a crash) before step ``STOP_AFTER + 1`` starts; the
-    checkpoint of step ``STOP_AFTER`` is already on disk."""
+    """Stops the process (an exception, like a crash) before step ``stop_after + 1`` starts; the
+    checkpoint of step ``stop_after`` is already on disk."""
+
+    def __init__(self, stop_after: int = STOP_AFTER) -> None:
+        self.stop_after = stop_after
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == STOP_AFTER:
-            raise Killed(f"simulated kill before step {STOP_AFTER + 1}")
+        if trainer.global_step == self.stop_after:
+            raise Killed(f"simulated kill before step {self.stop_after + 1}")
 
 
 class Record(pl.Callback):
@@ -73,14 +79,25 @@ def _data(root: Path) -> FaceDataModule:
 
 
 def _run(
-    make_module, root: Path, ckpt_dir: Path | None = None, kill: bool = False, resume: Path | None = None
+    make_module,
+    root: Path,
+    ckpt_dir: Path | None = None,
+    kill: bool = False,
+    resume: Path | None = None,
+    stop_after: int = STOP_AFTER,
+    last_checkpoint: bool = False,
 ):
+    """A fit of ``TOTAL_STEPS`` steps (or killed after ``stop_after``); checkpoints in ``ckpt_dir``:
+    Lightning's of every step, or with ``last_checkpoint`` ekd's ``last.ckpt`` at epoch ends only."""
     pl.seed_everything(0, verbose=False)
     module = make_module()
     record = Record()
     callbacks: list[pl.Callback] = [record]
     options = {}
-    if ckpt_dir is not None:
+    if ckpt_dir is not None and last_checkpoint:
+        callbacks.append(LastCheckpoint(ckpt_dir, every_n_train_steps=None, save_on_signal=False))
+        options["enable_checkpointing"] = True
+    elif ckpt_dir is not None:
         callbacks.append(
             pl.callbacks.ModelCheckpoint(
                 dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1, save_top_k=-1
@@ -88,8 +105,9 @@ def _run(
         )
         options["enable_checkpointing"] = True
     if kill:
-        callbacks.append(Kill())
-    fit = trainer(max_steps=TOTAL_STEPS, callbacks=callbacks, **options)
+        callbacks.append(Kill(stop_after))
+    # max_epochs too: a resume that miscounts the epochs stops early
+    fit = trainer(max_steps=TOTAL_STEPS, max_epochs=2, callbacks=callbacks, **options)
     try:
         fit.fit(module, datamodule=_data(root), ckpt_path=None if resume is None else str(resume))
     except Killed:
@@ -97,7 +115,8 @@ def _run(
     return module, record, fit
 
 
-def _assert_same_end(straight, resumed) -> None:
+def _assert_same_end(straight, resumed, stop_after: int = STOP_AFTER, logged_before: tuple = ()) -> None:
+    """``logged_before``: the epoch means the killed run logged (an epoch it finished before the kill)."""
     (module_a, record_a, fit_a), (module_b, record_b, fit_b) = straight, resumed
     assert fit_b.global_step == fit_a.global_step == TOTAL_STEPS
     state_a, state_b = module_a.state_dict(), module_b.state_dict()
@@ -111,11 +130,12 @@ def _assert_same_end(straight, resumed) -> None:
             opt_b["state"][index]["momentum_buffer"], values["momentum_buffer"], rtol=0, atol=1e-6
         )
     # the steps after the resume saw the same batches and logged the same losses
-    assert record_b.batches == record_a.batches[STOP_AFTER:]
-    assert record_b.losses == pytest.approx(record_a.losses[STOP_AFTER:], rel=0, abs=1e-6)
+    assert record_b.batches == record_a.batches[stop_after:]
+    assert record_b.losses == pytest.approx(record_a.losses[stop_after:], rel=0, abs=1e-6)
     # and the same epoch means: the interrupted epoch's too (its sums so far are in the checkpoint)
     assert len(record_a.epoch_losses) == 2
-    assert record_b.epoch_losses == pytest.approx(record_a.epoch_losses, rel=0, abs=1e-6)
+    resumed_epochs = [*logged_before, *record_b.epoch_losses]
+    assert resumed_epochs == pytest.approx(record_a.epoch_losses, rel=0, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +191,29 @@ def test_random_draws_resume_exactly(files, tmp_path):
     assert len(saved["ekd_rng_states"]) == 1
     resumed = _run(make, files["data"], resume=tmp_path / f"step={STOP_AFTER}.ckpt")
     _assert_same_end(straight, resumed)
+
+
+def test_the_epoch_end_last_checkpoint_resumes_exactly(files, tmp_path):
+    """ekd's ``last.ckpt`` at an epoch end (the default, without every_n_train_steps): a checkpoint
+    taken in on_train_epoch_end resumed a step short (Lightning ran one batch and ended the run)."""
+
+    def make():
+        return RecognitionModule(**module_options(recognition_rows=4))
+
+    straight = _run(make, files["data"])
+    killed = _run(
+        make,
+        files["data"],
+        ckpt_dir=tmp_path,
+        kill=True,
+        stop_after=STEPS_PER_EPOCH + 1,
+        last_checkpoint=True,
+    )
+    assert killed[2].global_step == STEPS_PER_EPOCH + 1
+    saved = torch.load(tmp_path / LAST, weights_only=True)
+    assert saved["global_step"] == STEPS_PER_EPOCH  # the epoch's checkpoint; the kill came a step later
+    resumed = _run(make, files["data"], resume=tmp_path / LAST, stop_after=STEPS_PER_EPOCH)
+    # the first epoch's mean was logged by the killed run, after its checkpoint
+    _assert_same_end(
+        straight, resumed, stop_after=STEPS_PER_EPOCH, logged_before=tuple(killed[1].epoch_losses)
+    )

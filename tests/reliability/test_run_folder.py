@@ -114,10 +114,37 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_auto_ends_like_an_uninterru
     resumed = json.loads((run_dir / "results.json").read_text())
     assert resumed["global_step"] == reference["global_step"] == 8
     assert resumed["metrics"] == reference["metrics"]  # every fold accuracy, TPR, AUC: to the bit
+    # the cost of this invocation's steps (the step resumed from is read before the fit overwrites it)
+    assert resumed["train_images_per_s"] > 0 and resumed["fit_time_s"] > 0
     assert resumed["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     # a finished run is left alone by resume=auto (a requeued sweep skips its finished jobs)
     again = _train(run_dir, root / "data", "resume=auto")
     assert again.returncode == 0 and "holds a finished run (resume=auto): nothing to do" in again.stdout
+
+
+def test_a_checkpoint_with_pickled_hydra_config_resumes_only_with_trust_pickle(straight):
+    """Distillation checkpoints written before the hparams fix pickled the Hydra config (structured
+    OmegaConf nodes that torch's weights_only loader cannot read): refused with the remedy named, and
+    ``trust_pickle=true`` resumes them exactly."""
+    from omegaconf import OmegaConf
+
+    from ekd.config.schema import TrainConfig
+
+    root, reference = straight
+    run_dir = _stop_with(signal.SIGTERM, root, "old-checkpoint")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint["hyper_parameters"]["optim"] = OmegaConf.structured(TrainConfig).optim  # as the old code did
+    torch.save(checkpoint, last)
+
+    refused = _train(run_dir, root / "data", "resume=auto")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "last.ckpt pickles Python objects" in refused.stderr and "trust_pickle=true" in refused.stderr
+    assert not (run_dir / "results.json").exists()  # a user error leaves no failure record
+
+    done = _train(run_dir, root / "data", "resume=auto", "trust_pickle=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["metrics"] == reference["metrics"]
 
 
 def test_folder_refusals_are_one_message_and_exit_code_2(straight, tmp_path):
