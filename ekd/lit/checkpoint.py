@@ -124,13 +124,13 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # inside a gradient accumulation: not a step boundary (the gradients are not saved)
-        stop = self.save_on_signal and self._signal_everywhere(trainer)
         # the epoch's checkpoint is taken here, after its last step: a checkpoint written in
         # on_train_epoch_end resumes one step short (Lightning restarts that epoch with one batch more)
         epoch_loop = trainer.fit_loop.epoch_loop
         epoch_end = epoch_loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and not epoch_end:
+            return  # inside a gradient accumulation: not a step boundary (the gradients are not saved)
+        stop = self.save_on_signal and self._signal_everywhere(trainer)
         due = epoch_end or (
             self.every_n_train_steps is not None
             and trainer.global_step > 0

@@ -26,10 +26,12 @@ class SignalAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def _fit(tmp_path, *callbacks, max_steps=6, every=None):
+def _fit(tmp_path, *callbacks, max_steps=6, every=None, **options):
     torch.manual_seed(0)
     checkpoint = LastCheckpoint(tmp_path / "checkpoints", every_n_train_steps=every)
-    fit = trainer(max_steps=max_steps, callbacks=[*callbacks, checkpoint], enable_checkpointing=True)
+    fit = trainer(
+        max_steps=max_steps, callbacks=[*callbacks, checkpoint], enable_checkpointing=True, **options
+    )
     fit.fit(recognition_module(), loader(per_class=4, batch_size=4))  # 4 steps an epoch
     return fit, checkpoint
 
@@ -50,6 +52,29 @@ def test_last_checkpoint_follows_the_steps_and_epochs(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt"]  # the temporary file renamed
     assert read_checkpoint(checkpoint.path, trust_pickle=True)["global_step"] == fit.global_step == 6
     assert checkpoint.interrupted is None
+
+
+def test_the_epoch_checkpoint_follows_an_uneven_gradient_accumulation(tmp_path, monkeypatch):
+    """4 batches an epoch, 3 accumulated: the epoch's last optimizer step (batch 4, one batch) is a
+    step boundary too, and its checkpoint is taken there."""
+    saved = []
+    original = LastCheckpoint.save
+
+    def spy(self, trainer):
+        path = original(self, trainer)
+        state = read_checkpoint(path, trust_pickle=True)
+        saved.append(
+            (
+                state["global_step"],
+                state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"],
+            )
+        )
+        return path
+
+    monkeypatch.setattr(LastCheckpoint, "save", spy)
+    fit, _ = _fit(tmp_path, max_steps=3, accumulate_grad_batches=3)
+    # (optimizer steps, batches of the epoch read): after epoch 1 (steps 1-2, batches 1-4), then the end
+    assert saved == [(2, 4), (3, 3)] and fit.global_step == 3
 
 
 def test_requeue_signal_saves_first_then_calls_the_previous_handler(tmp_path):
