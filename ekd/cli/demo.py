@@ -48,6 +48,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,11 @@ def _compose_and_run(job: StudentJob) -> float | None:
             cfg.teacher.checkpoint = job.teacher_checkpoint
             cfg.distill.teacher_cache = job.teacher_cache
         run_started = time.time()
-        run(cfg, job.folder, experiment=job.experiment, sweep=job.sweep)
+        try:
+            run(cfg, job.folder, experiment=job.experiment, sweep=job.sweep)
+        except Exception:
+            traceback.print_exc()  # into the run's log (the demo prints one line)
+            raise
         return None if was_finished else time.time() - run_started
 
 
@@ -318,15 +323,26 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def report_failure(job: StudentJob, error: BaseException) -> None:
+    """One line on stderr for a student run that failed (the traceback is in its log or above)."""
+    where = f"; its output: {job.log_file}" if job.log_file is not None else ""
+    print(
+        f"ekd-demo: {job.method} seed {job.seed} failed ({type(error).__name__}: {error}){where}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def train_side_by_side(
     jobs: Sequence[StudentJob],
     workers: int,
     stage: Callable[..., None],
     durations: list[float],
-) -> None:
+) -> list[StudentJob]:
     """Train ``jobs`` in ``workers`` processes (spawned, each with CPUs / workers threads), reporting
-    each finished run through ``stage``; the first failure cancels the runs not started and re-raises
-    (its output is in the job's log file; a new call continues, ``resume=auto``)."""
+    each finished run through ``stage``; returns the jobs that failed. A failed run does not stop the
+    others (a study runs unattended for hours): its output is in the job's log file, and a new call
+    retries it (``resume=auto``)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -337,26 +353,28 @@ def train_side_by_side(
     ) as pool:
         pending = {pool.submit(train_student, job): job for job in jobs}
         done_count = 1  # the teacher
+        failed: list[StudentJob] = []
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = pending.pop(future)
+                done_count += 1
                 try:
                     took = future.result()
-                except BaseException:
+                except Exception as error:  # the run's own failure: the others go on
+                    report_failure(job, error)
+                    failed.append(job)
+                    continue
+                except BaseException:  # the pool broke or the demo is stopping: start nothing more
                     for other in pending:
                         other.cancel()
-                    print(
-                        f"ekd-demo: {job.method} seed {job.seed} failed; its output: {job.log_file}",
-                        file=sys.stderr,
-                    )
                     raise
                 if took is not None:
                     durations.append(took)
-                done_count += 1
                 what = "finished earlier" if took is None else f"{took:.0f} s"
                 title = f"done: {job.experiment} distill={job.method} seed={job.seed} ({what})"
                 stage(done_count, title, remaining=len(jobs) + 1 - done_count)
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,13 +462,19 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds
     ]
     if args.jobs == 1:
+        failed: list[StudentJob] = []
         for index, job in enumerate(jobs, start=2):
             stage(index, f"{experiment} distill={job.method} seed={job.seed}")
-            took = train_student(job)
+            try:
+                took = train_student(job)
+            except Exception as error:  # traceback printed above; the other runs go on
+                report_failure(job, error)
+                failed.append(job)
+                continue
             if took is not None:
                 durations.append(took)
     else:
-        train_side_by_side(jobs, args.jobs, stage, durations)
+        failed = train_side_by_side(jobs, args.jobs, stage, durations)
 
     tables = build_tables(collect_results([out]))
     paths = save_tables(tables, out)
@@ -460,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     for fmt, path in paths.items():
         print(f"{fmt}: {path}")
     (out / "demo_time.txt").write_text(f"{elapsed:.1f} s ({os.cpu_count()} CPUs)\n")
+    if failed:
+        listing = ", ".join(f"{job.method} seed {job.seed}" for job in failed)
+        print(
+            f"ekd-demo: {len(failed)} of {len(jobs)} student runs failed ({listing}); the table leaves them "
+            "out. The same command retries them and skips the finished runs.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

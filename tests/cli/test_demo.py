@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ekd.cli.demo import main
 from ekd.report import collect_results
 
@@ -66,7 +68,6 @@ def test_study_runs_the_study_experiments_with_one_teacher(tmp_path, monkeypatch
 
 
 def test_study_and_quick_exclude_each_other():
-    import pytest
 
     with pytest.raises(SystemExit, match="exclude each other"):
         main(["--study", "--quick"])
@@ -98,7 +99,6 @@ def test_a_worker_whose_demo_is_gone_starts_no_queued_run(tmp_path, monkeypatch)
     import os
     from pathlib import Path
 
-    import pytest
 
     import ekd.cli.demo as demo
 
@@ -119,7 +119,6 @@ def test_a_worker_whose_demo_is_gone_starts_no_queued_run(tmp_path, monkeypatch)
 def test_an_idle_orphaned_worker_exits(monkeypatch):
     import os
 
-    import pytest
 
     import ekd.cli.demo as demo
 
@@ -162,3 +161,39 @@ def test_teacher_cache_is_built_once_and_read_by_the_rows_that_can(tmp_path, mon
     assert main(command) == 0
     assert "was built for another teacher or data; rebuilding it" in capsys.readouterr().out
     assert json.loads((cache / "index.json").read_text())["dataset_fingerprint"] != "0" * 64
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_run_does_not_stop_the_others_and_the_demo_says_which(tmp_path, monkeypatch, capsys, jobs):
+    """none seed 1's folder is held by a live job (this process): that run fails, the other runs still
+    train, the demo exits 1 naming it; once the folder is free the same command trains only it."""
+    import json
+    import os
+    import socket
+    import time
+
+    from ekd.runs import LOCK_FILE
+
+    monkeypatch.setenv("EKD_DATA_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    busy = out / "none" / "seed1"
+    busy.mkdir(parents=True)
+    now = time.time()
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}
+    (busy / LOCK_FILE).write_text(json.dumps(record))
+    argv = ["--quick", "--methods", "none", "--seeds", "3", "--jobs", str(jobs), "--out", str(out)]
+    assert main(argv) == 1
+    printed = capsys.readouterr()
+    assert "ekd-demo: none seed 1 failed (RunFolderError:" in printed.err and "is in use" in printed.err
+    assert "1 of 3 student runs failed (none seed 1)" in printed.err
+    done = {(r.method, r.seed) for r in collect_results([out])}
+    assert done == {("teacher", 0), ("none", 0), ("none", 2)}  # the run after the failed one trained too
+
+    (busy / LOCK_FILE).unlink()
+    assert main(argv) == 0
+    assert {(r.method, r.seed) for r in collect_results([out])} == done | {("none", 1)}
+    if jobs == 1:  # (with --jobs 2 the runs' own lines are in their logs)
+        assert capsys.readouterr().out.count("holds a finished run") == 3  # teacher, seeds 0 and 2
+    else:
+        assert "none-seed1.log" in printed.err
+        assert "RunFolderError" in (out / "logs" / "none-seed1.log").read_text()  # the traceback
