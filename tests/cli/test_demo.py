@@ -99,7 +99,6 @@ def test_a_worker_whose_demo_is_gone_starts_no_queued_run(tmp_path, monkeypatch)
     import os
     from pathlib import Path
 
-
     import ekd.cli.demo as demo
 
     class Exited(Exception):
@@ -118,7 +117,6 @@ def test_a_worker_whose_demo_is_gone_starts_no_queued_run(tmp_path, monkeypatch)
 
 def test_an_idle_orphaned_worker_exits(monkeypatch):
     import os
-
 
     import ekd.cli.demo as demo
 
