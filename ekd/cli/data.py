@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
     synth.add_argument(
+        "--pair-images",
+        type=int,
+        default=0,
+        help="images per held-out identity and pair side, from which the pairs are drawn (each image in "
+        "several pairs, as in LFW; default 0: two fresh images for every pair)",
+    )
+    synth.add_argument(
         "--template-identities",
         type=int,
         default=300,
@@ -136,6 +143,7 @@ def _synth(args: argparse.Namespace) -> None:
         seed=args.seed,
         difficulty=args.difficulty,
         age_difficulty=args.age_difficulty,
+        pair_images=args.pair_images,
         quality=args.quality,
         template_identities=args.template_identities,
         templates_per_identity=args.templates_per_identity,

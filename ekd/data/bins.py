@@ -2,7 +2,9 @@
 
 A ``.bin`` file is a pickle of ``(bins, issame_list)``: ``bins`` holds 2N encoded images (``bytes``, or
 uint8 numpy arrays of the encoded bytes in re-packed files), pair ``i`` is images ``2i`` and ``2i+1``,
-``issame_list`` holds N booleans. Files written by Python 2 need ``encoding='bytes'`` to unpickle.
+``issame_list`` holds N booleans. Files written by Python 2 need ``encoding='bytes'`` to unpickle. An
+image in several pairs (LFW's images are; so are pooled synthetic sets) repeats its bytes in each slot:
+:func:`load_bin` decodes such bytes once.
 """
 
 from __future__ import annotations
@@ -61,6 +63,17 @@ def _decode_entry(entry: object, path: Path, index: int) -> torch.Tensor:
     raise BinFormatError(f"{where}: unsupported entry {desc}; expected encoded bytes or a uint8 array")
 
 
+def _entry_key(entry: object) -> bytes | None:
+    """The encoded bytes of an entry (equal bytes decode to equal images); None for decoded arrays."""
+    if isinstance(entry, bytes):
+        return entry
+    if isinstance(entry, (bytearray, memoryview)):
+        return bytes(entry)
+    if isinstance(entry, np.ndarray) and entry.dtype == np.uint8 and entry.ndim == 1:
+        return entry.tobytes()
+    return None
+
+
 def load_bin(path: str | os.PathLike, image_size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a verification ``.bin`` into ``(uint8 images 2N x 3 x S x S RGB, bool issame of N)``.
 
@@ -97,7 +110,12 @@ def load_bin(path: str | os.PathLike, image_size: int = IMAGE_SIZE) -> tuple[tor
             stacklevel=2,
         )
     images = torch.empty((len(bins), 3, image_size, image_size), dtype=torch.uint8)
+    first_slot: dict[bytes, int] = {}  # encoded bytes -> the slot that decoded them
     for i, entry in enumerate(bins):
+        key = _entry_key(entry)
+        if key is not None and key in first_slot:  # an image in several pairs: decoded once
+            images[i] = images[first_slot[key]]
+            continue
         try:
             image = _decode_entry(entry, path, i)
         except BinFormatError:
@@ -105,6 +123,8 @@ def load_bin(path: str | os.PathLike, image_size: int = IMAGE_SIZE) -> tuple[tor
         except DataError as err:
             raise BinFormatError(str(err)) from None
         images[i] = fit_to_size(image, image_size)
+        if key is not None:
+            first_slot[key] = i
     return images, torch.from_numpy(issame.astype(bool))
 
 
@@ -115,11 +135,15 @@ def write_bin(
     image_format: str = "jpeg",
     buffer_kind: str = "bytes",
     quality: int = 95,
+    index: Sequence[int] | np.ndarray | torch.Tensor | None = None,
 ) -> None:
     """Write ``(uint8 images 2N x 3 x H x W RGB, issame of N)`` as an insightface ``.bin``.
 
     ``image_format`` "jpeg" (as insightface) or "png" (lossless); ``buffer_kind`` "bytes" (insightface)
-    or "array" (each image's encoded bytes as a 1-D uint8 numpy array).
+    or "array" (each image's encoded bytes as a 1-D uint8 numpy array). With ``index`` (2N positions),
+    ``images`` holds the distinct images and pair slot ``k`` shows ``images[index[k]]``: each image is
+    encoded once and its bytes repeated in every slot that shows it (an image in several pairs, as in
+    LFW; :func:`load_bin` decodes such bytes once).
     """
     images_t = torch.as_tensor(images)
     issame_np = np.asarray(torch.as_tensor(issame).cpu().numpy(), dtype=bool).ravel()
@@ -127,18 +151,28 @@ def write_bin(
         raise ValueError(
             f"write_bin: images must be uint8 2N x 3 x H x W, got {images_t.dtype} {tuple(images_t.shape)}"
         )
-    if images_t.shape[0] != 2 * len(issame_np):
-        raise ValueError(
-            f"write_bin: {images_t.shape[0]} images for {len(issame_np)} pairs (need 2 per pair)"
-        )
+    if index is None:
+        slots = np.arange(images_t.shape[0])
+    else:
+        slots = np.asarray(torch.as_tensor(index).cpu().numpy()).ravel()
+        out_of_range = slots.size and (slots.min() < 0 or slots.max() >= images_t.shape[0])
+        if slots.dtype.kind not in "iu" or out_of_range:
+            raise ValueError(
+                f"write_bin: index must hold integer positions in [0, {images_t.shape[0]}) of the images"
+            )
+    if slots.size != 2 * len(issame_np):
+        raise ValueError(f"write_bin: {slots.size} images for {len(issame_np)} pairs (need 2 per pair)")
     if image_format not in ("jpeg", "png"):
         raise ValueError(f"write_bin: image_format {image_format!r}, expected 'jpeg' or 'png'")
     if buffer_kind not in ("bytes", "array"):
         raise ValueError(f"write_bin: buffer_kind {buffer_kind!r}, expected 'bytes' or 'array'")
-    bins: list[bytes | np.ndarray] = []
-    for image in images_t:
+    encoded: dict[int, bytes | np.ndarray] = {}
+    for position in np.unique(slots):
+        image = images_t[int(position)]
         data = encode_jpeg(image, quality=quality) if image_format == "jpeg" else encode_png(image)
-        bins.append(data if buffer_kind == "bytes" else np.frombuffer(data, dtype=np.uint8).copy())
+        as_array = np.frombuffer(data, dtype=np.uint8).copy() if buffer_kind == "array" else None
+        encoded[int(position)] = data if as_array is None else as_array
+    bins = [encoded[int(position)] for position in slots]
     buf = io.BytesIO()
     pickle.dump((bins, [bool(x) for x in issame_np]), buf, protocol=4)
     Path(path).write_bytes(buf.getvalue())

@@ -134,8 +134,12 @@ class FolderSource(DataSource):
 
 def default_synthetic_root(config: SyntheticConfig) -> Path:
     """Cache folder of a generated benchmark: ``$EKD_DATA_DIR`` (default ``~/.cache/ekd``)/synthetic-<hash>
-    of the generator arguments."""
-    key = json.dumps({"v": GENERATOR_VERSION, **config.__dict__}, sort_keys=True)
+    of the generator arguments (``pair_images`` only when set: the folders of benchmarks made before that
+    argument existed keep their names)."""
+    arguments = {name: value for name, value in config.__dict__.items() if name != "pair_images"}
+    if config.pair_images:
+        arguments["pair_images"] = config.pair_images
+    key = json.dumps({"v": GENERATOR_VERSION, **arguments}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return Path(os.environ.get("EKD_DATA_DIR", "~/.cache/ekd")).expanduser() / f"synthetic-{digest}"
 

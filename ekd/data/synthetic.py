@@ -24,6 +24,11 @@ around it.
   old one U(0.15 + 0.5 a, 0.15 + 0.75 a) for ``age_difficulty`` a (:func:`age_pair_ranges`; the default
   a = 1 gives U(0.65, 0.9), the only gap before the argument existed).
 
+By default every pair renders two fresh images. With ``pair_images`` K >= 2 each held-out identity is
+rendered K times per side of a pair and the pairs are distinct combinations of those images
+(:func:`pooled_verification_pairs`): each image is in several pairs, as in LFW, and the ``.bin`` repeats
+its bytes, which the evaluation embeds once (``ekd.eval.extract_embeddings``, ``dedupe``).
+
 and, unless ``template_identities`` is 0, an IJB-style 1:1 template set ``synth_ijb.npz``
 (:data:`TEMPLATE_SET`; format ``ekd-templates/1``, :mod:`ekd.data.templates`) for TPR at low FPR
 (``ekd.eval.templates``): ``template_identities`` identities of a third pool, disjoint from the
@@ -98,6 +103,10 @@ class SyntheticConfig:
     # the age gap of synth_age's pairs, 0..1 (age_pair_ranges); 1.0 reproduces the benchmark made before
     # this argument existed, byte for byte (so GENERATOR_VERSION stayed 4)
     age_difficulty: float = 1.0
+    # images rendered per held-out identity and pair side, from which the pairs are drawn (each image in
+    # several pairs, as in LFW: many pairs for few images to embed; pooled_verification_pairs); 0: two
+    # fresh images for every pair, the benchmark made before this argument existed, byte for byte
+    pair_images: int = 0
     # the template set (module docstring); template_identities=0: none
     template_identities: int = 300
     templates_per_identity: int = 5
@@ -134,6 +143,23 @@ class SyntheticConfig:
             )
         if not 1 <= self.quality <= 100:
             raise DataError(f"synthetic config quality={self.quality}: expected 1..100")
+        pair_images = self.pair_images
+        if not isinstance(pair_images, int) or isinstance(pair_images, bool) or pair_images < 0:
+            raise DataError(f"synthetic config pair_images={self.pair_images!r}: expected an integer >= 0")
+        if self.pair_images == 1:
+            raise DataError(
+                "synthetic config pair_images=1: must be 0 (fresh images for every pair) or >= 2 (a "
+                "synth_frontal genuine pair needs two images of its identity)"
+            )
+        if self.pair_images:
+            genuine = self.heldout_identities * min(pooled_genuine_combinations(self.pair_images))
+            if self.pairs // 2 > genuine:
+                raise DataError(
+                    f"synthetic config pairs={self.pairs}: {self.pairs // 2} genuine pairs asked, but "
+                    f"{self.heldout_identities} held-out identities x pair_images={self.pair_images} give "
+                    f"only {genuine} distinct synth_frontal genuine pairs; raise heldout_identities or "
+                    "pair_images, or lower pairs"
+                )
 
 
 @dataclass
@@ -155,6 +181,7 @@ class SyntheticSettings:
     difficulty: Optional[float] = None  # noqa: UP045
     quality: Optional[int] = None  # noqa: UP045
     age_difficulty: Optional[float] = None  # noqa: UP045
+    pair_images: Optional[int] = None  # noqa: UP045
     template_identities: Optional[int] = None  # noqa: UP045
     templates_per_identity: Optional[int] = None  # noqa: UP045
     images_per_template: Optional[int] = None  # noqa: UP045
@@ -595,10 +622,14 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
 
     Pairs alternate same / different; identities come from the held-out pool, which never overlaps
     the training identities; the second identity of a different pair is one of the first one's
-    look-alikes (:func:`similar_identities`).
+    look-alikes (:func:`similar_identities`). With ``config.pair_images`` the pairs come from image pools
+    (:func:`pooled_verification_pairs`), returned here with one image per pair slot.
     """
     if kind not in VERIFICATION_SETS:
         raise DataError(f"unknown synthetic verification set {kind!r}; known: {', '.join(VERIFICATION_SETS)}")
+    if config.pair_images:
+        images, index, issame = pooled_verification_pairs(config, kind)
+        return images[index], issame
     rng = np.random.default_rng([config.seed, _PAIR_SPLIT, VERIFICATION_SETS.index(kind)])
     pool = [
         sample_identity(_identity_rng(config.seed, _HELDOUT_SPLIT, i))
@@ -627,6 +658,92 @@ def verification_pairs(config: SyntheticConfig, kind: str) -> tuple[torch.Tensor
             images.append(render_image(pool[ident], nuis, rng, canvases[ident]))
         issame.append(same)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(issame)
+
+
+def pooled_genuine_combinations(pair_images: int) -> tuple[int, int, int]:
+    """Distinct genuine pairs per identity of pooled ``synth_frontal``, ``synth_pose``, ``synth_age`` sets.
+
+    ``synth_frontal`` pairs two different images of one pool (``K (K - 1) / 2`` for ``K`` pair_images);
+    the others pair an image of each side's pool (``K * K``).
+    """
+    k = pair_images
+    return k * (k - 1) // 2, k * k, k * k
+
+
+def pooled_verification_pairs(
+    config: SyntheticConfig, kind: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A held-out verification set drawn from a pool of images: ``(uint8 images U x 3 x 112 x 112, long
+    index of 2N, bool issame of N)``; pair ``i`` shows ``images[index[2i]]`` and ``images[index[2i + 1]]``.
+
+    For ``config.pair_images`` K, each held-out identity gets K renderings per side of a pair: one
+    pool for ``frontal`` (both images mildly varied), near-frontal and clearly turned pools for ``pose``,
+    young and old pools for ``age`` (the nuisance of :func:`verification_pairs`). Genuine pairs are
+    distinct combinations of one identity's images drawn without replacement (``synth_frontal``: two
+    different images of the pool; the others: one image of each side); impostor pairs are distinct
+    combinations of an identity's image and an image of one of its look-alikes
+    (:func:`similar_identities`), drawn without replacement. Same / different alternate. Each image
+    appears in several pairs, as in LFW: far more pairs than images to embed, which lowers the
+    pair-sampling noise of the accuracy at a given evaluation cost (BENCHMARKS.md, "Calibration of the
+    study").
+    """
+    if kind not in VERIFICATION_SETS:
+        raise DataError(f"unknown synthetic verification set {kind!r}; known: {', '.join(VERIFICATION_SETS)}")
+    config.validate()
+    if not config.pair_images:
+        raise DataError("pooled_verification_pairs needs pair_images >= 2 (0 draws fresh images per pair)")
+    k, identities = config.pair_images, config.heldout_identities
+    set_index = VERIFICATION_SETS.index(kind)
+    # the pools and the pair draw have streams of their own: [seed, pair split, set, 1 | 2]
+    render_rng = np.random.default_rng([config.seed, _PAIR_SPLIT, set_index, 1])
+    draw_rng = np.random.default_rng([config.seed, _PAIR_SPLIT, set_index, 2])
+    pool = [sample_identity(_identity_rng(config.seed, _HELDOUT_SPLIT, i)) for i in range(identities)]
+    neighbours = similar_identities(pool)
+    age_ranges = age_pair_ranges(config.age_difficulty)
+    sides = 1 if kind == "frontal" else 2
+    images = []  # identity-major, then side, then image: slot (i, side, j) = (i * sides + side) * k + j
+    for ident in range(identities):
+        canvas = _IdentityCanvas(pool[ident])
+        base_age = float(pool[ident]["age"])
+        for side in range(sides):
+            for _ in range(k):
+                if kind == "frontal":
+                    nuis = sample_nuisance(render_rng, "frontal", config.difficulty, base_age=base_age)
+                elif kind == "pose":
+                    profile = "profile" if side else "frontal"
+                    nuis = sample_nuisance(
+                        render_rng, profile, config.difficulty, base_age=base_age, strong_yaw=side == 1
+                    )
+                else:
+                    age = render_rng.uniform(*age_ranges[side])
+                    nuis = sample_nuisance(render_rng, "frontal", config.difficulty, age=age)
+                images.append(render_image(pool[ident], nuis, render_rng, canvas))
+
+    def slot(ident: np.ndarray, side: int, j: np.ndarray) -> np.ndarray:
+        return (ident * sides + side) * k + j
+
+    half = config.pairs // 2
+    # genuine: distinct (identity, first image, second image) combinations
+    if kind == "frontal":
+        first, second = np.triu_indices(k, 1)
+    else:
+        first, second = (grid.ravel() for grid in np.meshgrid(np.arange(k), np.arange(k), indexing="ij"))
+    per_identity = first.size
+    chosen = draw_rng.choice(identities * per_identity, size=half, replace=False)
+    ident, combo = np.divmod(chosen, per_identity)
+    genuine = np.stack([slot(ident, 0, first[combo]), slot(ident, sides - 1, second[combo])], axis=1)
+    # impostor: distinct (identity, look-alike, its image, the look-alike's image) combinations
+    look_alikes = neighbours.shape[1]
+    chosen = draw_rng.choice(identities * look_alikes * k * k, size=config.pairs - half, replace=False)
+    ident, rest = np.divmod(chosen, look_alikes * k * k)
+    neighbour, rest = np.divmod(rest, k * k)
+    j_a, j_b = np.divmod(rest, k)
+    impostor = np.stack([slot(ident, 0, j_a), slot(neighbours[ident, neighbour], sides - 1, j_b)], axis=1)
+    index = np.empty((config.pairs, 2), dtype=np.int64)
+    index[0::2], index[1::2] = genuine, impostor  # pairs alternate same / different
+    issame = np.arange(config.pairs) % 2 == 0
+    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return stacked, torch.from_numpy(index.ravel()), torch.from_numpy(issame)
 
 
 def template_identity_images(
@@ -713,6 +830,8 @@ def read_synthetic_metadata(root: str | os.PathLike) -> tuple[SyntheticConfig, d
             meta = {**meta, "template_identities": 0, "templates_per_identity": 5, "images_per_template": 3}
     if isinstance(meta, dict) and "age_difficulty" not in meta:  # recorded before the argument existed
         meta = {**meta, "age_difficulty": 1.0}
+    if isinstance(meta, dict) and "pair_images" not in meta:  # recorded before the argument existed
+        meta = {**meta, "pair_images": 0}
     missing = [name for name in names if not isinstance(meta, dict) or name not in meta]
     if missing:
         raise DataError(
@@ -792,9 +911,13 @@ def write_synthetic(
     write_face_records(out, payloads, labels, num_classes=config.identities)
     bins = {}
     for kind in verification_sets:
-        images, issame = verification_pairs(config, kind)
         path = out / f"synth_{kind}.bin"
-        write_bin(path, images, issame, image_format="jpeg", quality=config.quality)
+        if config.pair_images:
+            images, index, issame = pooled_verification_pairs(config, kind)
+            write_bin(path, images, issame, image_format="jpeg", quality=config.quality, index=index)
+        else:
+            images, issame = verification_pairs(config, kind)
+            write_bin(path, images, issame, image_format="jpeg", quality=config.quality)
         bins[kind] = str(path)
     template_sets = {}
     if config.template_identities:

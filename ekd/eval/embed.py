@@ -17,6 +17,11 @@ included), only when asked: its effect on TPR at FPR 1e-4 ... 1e-6 is unmeasured
 A half-precision batch whose output is not finite is recomputed in fp32. ONNX models run in the
 precision they were exported in; ``precision`` does not apply to them.
 
+With ``dedupe=True`` (what the pair-set evaluation asks for) equal images are embedded once: an image in
+several pairs (LFW, pooled synthetic sets) is stored once per pair, and embedding each copy would only
+repeat work. Equal means equal pixels (:func:`distinct_images`); the embeddings, the order and XNorm
+(each copy counted) are those of embedding every copy.
+
 Under DDP (``shard=True``) each rank embeds one contiguous slice of the images (the first
 ``N % world`` ranks take one image more) and the slices are gathered in rank order with
 ``ekd.dist.gather_nograd``, so every rank ends with all N embeddings in the original order.
@@ -25,6 +30,7 @@ Under DDP (``shard=True``) each rank embeds one contiguous slice of the images (
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -79,6 +85,33 @@ def _check_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be N x 3 x H x W (RGB), got shape {tuple(images.shape)}")
     return images
+
+
+def distinct_images(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, inverse)`` of uint8 ``images`` (N x ...): the positions of the first copy of each
+    distinct image, in order, and for every image the row of ``first`` that equals it
+    (``images[first][inverse]`` equals ``images``).
+
+    Images are grouped by a digest of their pixels and compared pixel for pixel within a group, so a
+    digest collision cannot merge two different images.
+    """
+    flat = images.reshape(images.shape[0], -1)
+    array = flat.numpy() if flat.device.type == "cpu" else flat.cpu().numpy()
+    groups: dict[bytes, list[int]] = {}  # digest -> rows of ``first`` with that digest
+    first: list[int] = []
+    inverse = torch.empty(images.shape[0], dtype=torch.long)
+    for position in range(array.shape[0]):
+        row = np.ascontiguousarray(array[position])
+        rows = groups.setdefault(hashlib.blake2b(row.data, digest_size=16).digest(), [])
+        for candidate in rows:
+            if np.array_equal(array[first[candidate]], row):
+                inverse[position] = candidate
+                break
+        else:
+            rows.append(len(first))
+            inverse[position] = len(first)
+            first.append(position)
+    return torch.tensor(first, dtype=torch.long), inverse
 
 
 @contextlib.contextmanager
@@ -216,44 +249,55 @@ def extract_embeddings(
     flip: bool = True,
     shard: bool = False,
     precision: str | EvalPrecision = EvalPrecision.fp32,
+    dedupe: bool = False,
 ) -> EmbeddingResult:
     """Flip-summed, L2-normalised embeddings and XNorm of uint8 ``images`` (module docstring).
 
     ``precision``: ``"32-true"`` (default), ``"16-mixed"`` or ``"bf16-mixed"`` for a torch module.
     ``shard=True`` must be called by every rank of the process group (it gathers); the result is
-    the same on all ranks.
+    the same on all ranks. ``dedupe=True`` embeds each distinct image once (module docstring).
     """
     images = _check_images(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    first, inverse = distinct_images(images) if dedupe else (None, None)
+    if first is not None and first.numel() == images.shape[0]:
+        first = inverse = None  # nothing repeated: embed the images as they are
+    work = images[first] if first is not None else images
     embedder = as_embedder(model, precision=precision)
     module = model if isinstance(model, nn.Module) else None
-    start, end = (0, images.shape[0])
+    start, end = (0, work.shape[0])
     if shard and dist.is_distributed():
-        start, end = dist.shard_bounds(images.shape[0], dist.world_size(), dist.rank())
+        start, end = dist.shard_bounds(work.shape[0], dist.world_size(), dist.rank())
     device = getattr(embedder, "device", torch.device("cpu"))
 
     raw_parts: list[torch.Tensor] = []
-    norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+    norm_parts: list[torch.Tensor] = []  # per image: the sum of its views' L2 norms (float64)
     with eval_mode(module) if module is not None else contextlib.nullcontext():
         for lo in range(start, end, batch_size):
-            batch = normalise_batch(images[lo : min(lo + batch_size, end)].to(device, non_blocking=True))
+            batch = normalise_batch(work[lo : min(lo + batch_size, end)].to(device, non_blocking=True))
             out = embedder(batch).to(device)
-            norm_sum += out.double().norm(dim=1).sum()
+            norms = out.double().norm(dim=1)
             if flip:
                 out_flip = embedder(torch.flip(batch, dims=[3])).to(device)
-                norm_sum += out_flip.double().norm(dim=1).sum()
+                norms = norms + out_flip.double().norm(dim=1)
                 out = out + out_flip
             raw_parts.append(out)
+            norm_parts.append(norms)
         if not raw_parts:  # a rank with an empty slice still joins the gather, with D learnt from the model
-            probe = embedder(normalise_batch(images[:1].to(device)))
+            probe = embedder(normalise_batch(work[:1].to(device)))
             raw_parts.append(probe.new_zeros((0, probe.shape[1])))
+            norm_parts.append(torch.zeros(0, dtype=torch.float64, device=device))
     raw = torch.cat(raw_parts)
+    norm_sums = torch.cat(norm_parts)
     if shard and dist.is_distributed():
         raw = dist.gather_nograd(raw)
-        norm_sum = dist.gather_nograd(norm_sum.reshape(1)).sum()
-    views = 2 if flip else 1
-    xnorm = float(norm_sum) / (views * images.shape[0]) if images.shape[0] else float("nan")
+        norm_sums = dist.gather_nograd(norm_sums)
     raw = raw.float().cpu()
+    norm_sums = norm_sums.cpu()
+    if inverse is not None:  # back to one row per input image, copies included
+        raw, norm_sums = raw[inverse], norm_sums[inverse]
+    views = 2 if flip else 1
+    xnorm = float(norm_sums.sum()) / (views * images.shape[0]) if images.shape[0] else float("nan")
     embeddings = torch.nn.functional.normalize(raw.double(), dim=1).float()
     return EmbeddingResult(raw=raw, embeddings=embeddings, xnorm=xnorm)

@@ -1,9 +1,9 @@
 """Embed, then verify: the one routine behind ekd-train's final evaluation, ekd-eval and the callback.
 
-:func:`verify_sets` embeds each .bin-style set (flip sum, :func:`ekd.eval.extract_embeddings`) and
-runs the verification protocol (:func:`ekd.eval.verify`) on it. A set whose embeddings are not finite
-(a diverged network) gives ``None`` and a warning instead of an exception, so that the other sets,
-and the other jobs of a sweep, still get their results.
+:func:`verify_sets` embeds each .bin-style set (flip sum, :func:`ekd.eval.extract_embeddings`; an image
+in several pairs is embedded once) and runs the verification protocol (:func:`ekd.eval.verify`) on it.
+A set whose embeddings are not finite (a diverged network) gives ``None`` and a warning instead of an
+exception, so that the other sets, and the other jobs of a sweep, still get their results.
 
 :func:`verification_records` turns those results into what results files store: per set
 ``VerificationResult.to_dict()`` (or ``{"accuracy": None, "error": "non-finite embeddings"}``) and a
@@ -98,7 +98,7 @@ def verify_sets(
     results: dict[str, VerificationResult | None] = {}
     for name, (images, issame) in sets.items():
         embedded = extract_embeddings(
-            backbone, images, batch_size=batch_size, flip=flip, shard=shard, precision=precision
+            backbone, images, batch_size=batch_size, flip=flip, shard=shard, precision=precision, dedupe=True
         )
         if not bool(embedded.embeddings.isfinite().all()):
             # a diverged network: recorded (and reported by ekd-table as a missing cell), not fatal

@@ -125,3 +125,30 @@ def test_missing_bin_and_bad_write_arguments(tmp_path):
         write_bin(tmp_path / "w.bin", images, [True, False])
     with pytest.raises(ValueError, match="image_format 'gif'"):
         write_bin(tmp_path / "w.bin", images, issame, image_format="gif")
+
+
+def test_an_image_in_several_pairs_is_stored_once_per_slot_and_decoded_once(tmp_path, monkeypatch):
+    distinct, _ = _pairs(2)  # 4 distinct images
+    slots = [0, 1, 2, 0, 3, 1]  # 3 pairs reusing images 0 and 1
+    path = tmp_path / "pooled.bin"
+    write_bin(path, distinct, [True, False, True], image_format="png", index=slots)
+    bins, issame = pickle.loads(path.read_bytes())
+    assert len(bins) == 6 and issame == [True, False, True]
+    assert bins[0] == bins[3] and bins[1] == bins[5] and bins[0] != bins[1]
+
+    from ekd.data import bins as bins_module
+
+    decoded = []
+    real_decode = bins_module._decode_entry
+    monkeypatch.setattr(bins_module, "_decode_entry", lambda *a: decoded.append(a[2]) or real_decode(*a))
+    images, _ = load_bin(path)
+    assert decoded == [0, 1, 2, 4]  # the repeated bytes were not decoded again
+    assert torch.equal(images, distinct[slots])  # PNG: exact
+
+
+def test_write_bin_refuses_a_bad_index(tmp_path):
+    distinct, _ = _pairs(1)
+    with pytest.raises(ValueError, match=r"index must hold integer positions in \[0, 2\)"):
+        write_bin(tmp_path / "x.bin", distinct, [True], index=[0, 2])
+    with pytest.raises(ValueError, match="3 images for 1 pairs"):
+        write_bin(tmp_path / "x.bin", distinct, [True], index=[0, 1, 1])

@@ -122,8 +122,8 @@ def test_existing_data_with_other_arguments_is_refused(synth_root):
     assert "other arguments (seed: 1 recorded, 2 given)" in message
     # both sets of values, then what to do
     recorded = "identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=1, difficulty=1.0, "
-    recorded += "quality=92, age_difficulty=1.0, template_identities=0, templates_per_identity=5, "
-    recorded += "images_per_template=3"
+    recorded += "quality=92, age_difficulty=1.0, pair_images=0, template_identities=0, "
+    recorded += "templates_per_identity=5, images_per_template=3"
     assert f"Recorded: {recorded}." in message
     given = (
         "identities=6, images_per_identity=4, pairs=4, heldout_identities=3, seed=2, template_identities=0"
@@ -176,7 +176,7 @@ def test_generation_into_a_new_folder_says_where_and_with_what(tmp_path, caplog)
         dm.prepare_data()
     expected = (
         f"generating the synthetic benchmark into {root} (identities=2, images_per_identity=2, pairs=2, "
-        "heldout_identities=2, seed=4, difficulty=1.0, quality=92, age_difficulty=1.0, "
+        "heldout_identities=2, seed=4, difficulty=1.0, quality=92, age_difficulty=1.0, pair_images=0, "
         "template_identities=0, templates_per_identity=5, images_per_template=3)"
     )
     assert expected in caplog.text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,9 +16,11 @@ from ekd.data.errors import DataError
 from ekd.data.synthetic import (
     SyntheticConfig,
     identity_images,
+    pooled_verification_pairs,
     render_image,
     sample_identity,
     sample_nuisance,
+    similar_identities,
     template_identity_images,
     verification_pairs,
     write_synthetic,
@@ -202,7 +206,7 @@ def test_settings_mirror_the_config_and_none_means_not_given():
     given = {"identities": 7, "seed": None, "difficulty": 0.5}
     assert given_synthetic_fields(given) == ("identities", "difficulty")
     assert given_synthetic_fields(None) == ()
-    assert len(given_synthetic_fields(SyntheticConfig())) == 11
+    assert len(given_synthetic_fields(SyntheticConfig())) == 12
     # not given -> the documented defaults (200 identities x 24 images, seed 0, ...)
     assert as_synthetic_config(given) == SyntheticConfig(
         identities=7,
@@ -345,3 +349,82 @@ def test_a_record_without_age_difficulty_reads_as_the_old_gap_and_the_cache_key_
     assert recorded == config
     nearer = sources.default_synthetic_root(SyntheticConfig(age_difficulty=0.5))
     assert nearer != sources.default_synthetic_root(SyntheticConfig())
+
+
+POOLED = SyntheticConfig(
+    identities=2, images_per_identity=2, pairs=24, heldout_identities=6, seed=3, pair_images=3, **NO_TEMPLATES
+)
+
+
+@pytest.mark.parametrize("kind", ["frontal", "pose", "age"])
+def test_pooled_pairs_are_distinct_combinations_of_the_right_identities(kind):
+    images, index, issame = pooled_verification_pairs(POOLED, kind)
+    sides = 1 if kind == "frontal" else 2
+    k, identities = POOLED.pair_images, POOLED.heldout_identities
+    assert images.shape == (identities * sides * k, 3, 112, 112) and images.dtype == torch.uint8
+    assert index.shape == (2 * POOLED.pairs,) and issame.tolist() == [i % 2 == 0 for i in range(POOLED.pairs)]
+    pairs = index.view(-1, 2).tolist()
+    assert len(set(map(tuple, pairs))) == POOLED.pairs  # no pair twice
+    # the documented layout: slot (identity, side, j) = (identity * sides + side) * k + j
+    identity = [[slot // (sides * k) for slot in pair] for pair in pairs]
+    side = [[slot // k % sides for slot in pair] for pair in pairs]
+    pool = [sample_identity(np.random.default_rng([POOLED.seed, 1, i])) for i in range(identities)]
+    neighbours = similar_identities(pool)
+    for (a, b), (side_a, side_b), (slot_a, slot_b), same in zip(identity, side, pairs, issame.tolist()):
+        assert (side_a, side_b) == (0, sides - 1)  # pose / age: one image of each side
+        if same:
+            assert a == b and slot_a != slot_b  # never an image with itself
+        else:
+            assert b in neighbours[a]  # impostors are look-alikes, as in the fresh sets
+    # each image is in several pairs: fewer distinct images than pair slots, all of them distinct renders
+    assert len(set(index.tolist())) < index.numel()
+    assert len({bytes(image.numpy().tobytes()) for image in images}) == images.shape[0]
+    # deterministic, and what verification_pairs returns slot by slot
+    again, again_index, _ = pooled_verification_pairs(POOLED, kind)
+    assert torch.equal(again, images) and torch.equal(again_index, index)
+    expanded, expanded_issame = verification_pairs(POOLED, kind)
+    assert torch.equal(expanded, images[index]) and torch.equal(expanded_issame, issame)
+
+
+def test_pooled_sets_are_written_once_per_image_and_read_back(tmp_path):
+    write_synthetic(tmp_path / "pooled", POOLED)
+    recorded = json.loads((tmp_path / "pooled" / "synthetic.json").read_text())
+    assert recorded["pair_images"] == 3
+    images, index, issame = pooled_verification_pairs(POOLED, "pose")
+    loaded, loaded_issame = load_bin(tmp_path / "pooled" / "synth_pose.bin")
+    assert torch.equal(loaded_issame, issame) and loaded.shape == (2 * POOLED.pairs, 3, 112, 112)
+    # slots showing one image hold the same bytes, hence equal pixels; other images differ
+    for slot in range(index.numel()):
+        same_image = (index == index[slot]).nonzero().flatten()
+        assert all(torch.equal(loaded[slot], loaded[other]) for other in same_image.tolist())
+    assert (loaded.float() - images[index].float()).abs().mean() < 6  # JPEG at quality 92
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pair_images": 1}, "pair_images=1: must be 0"),
+        ({"pair_images": -2}, "pair_images=-2: expected an integer >= 0"),
+        ({"pair_images": 2, "pairs": 20}, "10 genuine pairs asked, but 6 held-out identities x pair_"),
+    ],
+)
+def test_pooled_settings_that_cannot_work_are_refused(changes, message):
+    config = SyntheticConfig(**{**dataclasses.asdict(POOLED), **changes})
+    with pytest.raises(DataError, match=re.escape(message)):
+        config.validate()
+
+
+def test_pair_images_changes_the_cache_folder_only_when_set():
+    from ekd.data import sources
+
+    study = SyntheticConfig(
+        identities=256, images_per_identity=24, pairs=1000, heldout_identities=150, difficulty=0.6,
+        age_difficulty=0.4, template_identities=300, templates_per_identity=5, images_per_template=2,
+    )  # fmt: skip
+    # the folder the first study's benchmark was generated into, before pair_images existed
+    assert sources.default_synthetic_root(study).name == "synthetic-10d96a9fc4"
+    pooled = dataclasses.replace(study, pairs=6000, heldout_identities=300, pair_images=5)
+    assert sources.default_synthetic_root(pooled).name not in {"synthetic-10d96a9fc4"}
+    assert sources.default_synthetic_root(dataclasses.replace(pooled, pair_images=4)) != (
+        sources.default_synthetic_root(pooled)
+    )

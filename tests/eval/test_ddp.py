@@ -11,6 +11,7 @@ from tests.eval.helpers import TinyConvNet, random_pair_images
 from tests.eval.test_callback import TinyModule
 
 COUNTS = (10, 7, 1)  # even shards, uneven shards, and a rank with nothing to embed
+REPEATED = [0, 3, 1, 0, 3, 3, 2, 1, 0]  # 4 distinct images (uneven shards) in 9 slots
 
 
 def _evaluate_with_callback(module: TinyModule) -> dict:
@@ -31,6 +32,9 @@ def _worker(rank: int, world_size: int) -> dict:
     for count in COUNTS:
         res = extract_embeddings(model, images[:count], batch_size=2, shard=True)
         shards[count] = (res.raw, res.xnorm)
+    # images repeated across pairs, embedded once: the distinct ones are what the ranks share
+    deduped = extract_embeddings(model, images[REPEATED], batch_size=2, shard=True, dedupe=True)
+    shards["dedupe"] = (deduped.raw, deduped.xnorm)
     torch.manual_seed(0)
     module = TinyModule()
     logged = _evaluate_with_callback(module)
@@ -56,6 +60,10 @@ def test_two_processes_match_one_process():
             raw, xnorm = rank_result["shards"][count]
             torch.testing.assert_close(raw, single.raw)
             assert xnorm == pytest.approx(single.xnorm, rel=1e-6)
+        single = extract_embeddings(model, images[REPEATED], batch_size=2)
+        raw, xnorm = rank_result["shards"]["dedupe"]
+        torch.testing.assert_close(raw, single.raw)
+        assert xnorm == pytest.approx(single.xnorm, rel=1e-6)
         # the callback logs the single-process numbers on every rank and hands back a training model
         assert rank_result["training"]
         assert rank_result["logged"].keys() == single_logged.keys()

@@ -1,4 +1,5 @@
-"""Flip-sum embedding extraction: closed-form check, XNorm, eval-mode handling, ONNX parity, sharding."""
+"""Flip-sum embedding extraction: closed-form check, XNorm, eval-mode handling, ONNX parity, sharding,
+repeated images embedded once."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import torch
 
 from ekd.data.batch import normalise_batch
 from ekd.dist import shard_bounds
-from ekd.eval.embed import OnnxEmbedder, extract_embeddings
+from ekd.eval import embed as embed_module
+from ekd.eval.embed import OnnxEmbedder, distinct_images, extract_embeddings
 from ekd.eval.verification import verify
 from tests.eval.helpers import AutocastProbe, LinearNet, TinyConvNet, random_pair_images
 
@@ -182,3 +184,73 @@ def test_bf16_embeddings_are_bf16_arithmetic():
     # one bf16 rounding of the output (2^-8 relative) apart at most; far from the fp32 result
     np.testing.assert_allclose(low, half, rtol=2**-8, atol=1e-6)
     assert np.abs(low - exact).max() > 1e-4
+
+
+class _CountingNet(LinearNet):
+    """LinearNet that counts the images it embeds."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        super().__init__(weight)
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        return super().forward(x)
+
+
+def test_dedupe_embeds_each_distinct_image_once_with_the_hand_computed_result():
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(4, 3 * 4 * 6)) / 10
+    distinct = rng.integers(0, 256, size=(5, 3, 4, 6), dtype=np.uint8)
+    slots = np.array([0, 1, 2, 0, 3, 1, 4, 4, 2, 0])  # pairs reuse images, as in LFW
+    images = distinct[slots]
+    net = _CountingNet(weight.astype(np.float32))
+    result = extract_embeddings(net, images, batch_size=3, dedupe=True)
+    assert net.seen == 2 * 5  # each distinct image and its mirror, once
+
+    # by hand, in float64, over every slot (copies included)
+    x = (images.astype(np.float64) - 127.5) / 127.5
+    f = x.reshape(len(slots), -1) @ weight.T
+    f_flip = x[:, :, :, ::-1].reshape(len(slots), -1) @ weight.T
+    raw = f + f_flip
+    np.testing.assert_allclose(result.raw.numpy(), raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        result.embeddings.numpy(), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5, atol=1e-6
+    )
+    # XNorm counts each copy, as it would without dedupe
+    xnorm = np.mean(np.concatenate([np.linalg.norm(f, axis=1), np.linalg.norm(f_flip, axis=1)]))
+    assert result.xnorm == pytest.approx(xnorm, rel=1e-5)
+
+    net.seen = 0
+    plain = extract_embeddings(net, images, batch_size=3)
+    assert net.seen == 2 * len(slots)
+    torch.testing.assert_close(plain.embeddings, result.embeddings)
+    assert result.xnorm == pytest.approx(plain.xnorm, rel=1e-6)  # float32 outputs, other batches
+
+
+def test_distinct_images_by_hand_and_a_digest_collision_does_not_merge(monkeypatch):
+    a, b, c = (torch.full((3, 2, 2), v, dtype=torch.uint8) for v in (1, 2, 3))
+    images = torch.stack([b, a, b, c, a, a])
+    first, inverse = distinct_images(images)
+    assert first.tolist() == [0, 1, 3]
+    assert inverse.tolist() == [0, 1, 0, 2, 1, 1]
+    torch.testing.assert_close(images[first][inverse], images)
+
+    class _Constant:  # every image gets the same digest
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return b"same"
+
+    monkeypatch.setattr(embed_module.hashlib, "blake2b", _Constant)
+    assert distinct_images(images)[1].tolist() == [0, 1, 0, 2, 1, 1]  # compared pixel for pixel
+
+
+def test_dedupe_without_repeats_embeds_as_before():
+    images, _ = random_pair_images(6, seed=2)
+    model = TinyConvNet()
+    torch.testing.assert_close(
+        extract_embeddings(model, images, batch_size=4, dedupe=True).raw,
+        extract_embeddings(model, images, batch_size=4).raw,
+    )
