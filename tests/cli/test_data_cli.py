@@ -99,7 +99,7 @@ def test_synth_records_its_arguments_for_the_synthetic_source(tmp_path, capsys):
     out = tmp_path / "synth"
     argv = ["synth", str(out), "--identities", "3", "--images-per-identity", "2", "--pairs", "4",
             "--heldout-identities", "2", "--seed", "3", "--quality", "80", "--template-identities", "2",
-            "--templates-per-identity", "2", "--images-per-template", "1"]  # fmt: skip
+            "--templates-per-identity", "2", "--images-per-template", "1", "--pair-images", "2"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"arguments recorded in {out / 'synthetic.json'}" in printed
@@ -107,7 +107,7 @@ def test_synth_records_its_arguments_for_the_synthetic_source(tmp_path, capsys):
     recorded = json.loads((out / "synthetic.json").read_text())
     expected = {"identities": 3, "images_per_identity": 2, "pairs": 4, "heldout_identities": 2, "seed": 3,
                 "difficulty": 1.0, "quality": 80, "template_identities": 2, "templates_per_identity": 2,
-                "images_per_template": 1}  # fmt: skip
+                "images_per_template": 1, "pair_images": 2}  # fmt: skip
     assert {k: recorded[k] for k in expected} == expected
     # plain files with the usual permissions (what the umask leaves of rw-rw-rw-)
     umask = os.umask(0o022)

@@ -64,3 +64,15 @@ def test_channels_last_bench_quick_on_a_fresh_data_cache(tmp_path):
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert len(cells) == 7 and cells[3].endswith("x") and cells[4].endswith("x")
     assert all(0.0 <= float(acc) <= 100.0 for acc in cells[6].split(" / "))
+
+
+def test_pair_sets_bench_quick(tmp_path):
+    """Both pair-set designs are generated, read and scored; the pooled one embeds fewer images."""
+    command = [sys.executable, str(BENCH / "bench_pair_sets.py"), "--quick"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| fresh", "| pooled"))]
+    fresh, pooled = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
+    assert (fresh[1], fresh[2]) == ("120", "240")  # 3 sets x 40 fresh pairs: 2 new images a pair
+    assert pooled[1] == "180" and int(pooled[2]) <= 3 * 10 * 3 * 2  # at most identities x images x sides
+    assert "pooled / fresh:" in result.stdout
