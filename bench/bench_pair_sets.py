@@ -3,7 +3,7 @@ synthetic verification sets in both designs, read (``load_bin``) and scored (``v
 with the flip sum, then the 10-fold protocol) by the study's tiny MobileFaceNet, interleaved round by
 round on one thread so that both see the same machine.
 
-    python bench/bench_pair_sets.py                 # the study's sets: 1,000 fresh pairs vs 6,000 pooled
+    python bench/bench_pair_sets.py                 # the study's sets: 1,000 fresh pairs vs 5,000 pooled
     python bench/bench_pair_sets.py --quick         # tiny sets (a smoke test)
     python bench/bench_pair_sets.py --fresh-root A --pooled-root B --backbone runs/x/backbone.pth
 
@@ -34,8 +34,8 @@ SETS = ("frontal", "pose", "age")
 STUDY = dict(identities=2, images_per_identity=2, difficulty=0.6, age_difficulty=0.4, template_identities=0)
 DESIGNS = {
     "fresh (1,000 pairs, 150 identities)": dict(pairs=1000, heldout_identities=150),
-    "pooled (6,000 pairs, 300 identities x 5 images)": dict(
-        pairs=6000, heldout_identities=300, pair_images=5
+    "pooled (5,000 pairs, 250 identities x 5 images)": dict(
+        pairs=5000, heldout_identities=250, pair_images=5
     ),
 }
 QUICK = {
