@@ -13,16 +13,14 @@ from ekd.eval.verification import verify
 from tests.eval.helpers import AutocastProbe, LinearNet, TinyConvNet, random_pair_images
 
 
-def test_flip_sum_and_xnorm_of_linear_model_by_hand():
-    rng = np.random.default_rng(0)
-    weight = rng.normal(size=(5, 3 * 4 * 6)) / 10
-    images = rng.integers(0, 256, size=(7, 3, 4, 6), dtype=np.uint8)
-    result = extract_embeddings(LinearNet(weight.astype(np.float32)), images, batch_size=3)
-
+def _linear_by_hand(images: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(f, f_flip)``: LinearNet's outputs for the images and their mirrors, in float64."""
     x = (images.astype(np.float64) - 127.5) / 127.5
     mirrored = x[:, :, :, ::-1]  # horizontal flip = reversed width axis
-    f = x.reshape(7, -1) @ weight.T
-    f_flip = mirrored.reshape(7, -1) @ weight.T
+    return x.reshape(len(x), -1) @ weight.T, mirrored.reshape(len(x), -1) @ weight.T
+
+
+def _assert_flip_sum_and_xnorm(result, f: np.ndarray, f_flip: np.ndarray) -> None:
     raw = f + f_flip
     np.testing.assert_allclose(result.raw.numpy(), raw, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
@@ -30,6 +28,15 @@ def test_flip_sum_and_xnorm_of_linear_model_by_hand():
     )
     xnorm = np.mean(np.concatenate([np.linalg.norm(f, axis=1), np.linalg.norm(f_flip, axis=1)]))
     assert result.xnorm == pytest.approx(xnorm, rel=1e-5)
+
+
+def test_flip_sum_and_xnorm_of_linear_model_by_hand():
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(5, 3 * 4 * 6)) / 10
+    images = rng.integers(0, 256, size=(7, 3, 4, 6), dtype=np.uint8)
+    result = extract_embeddings(LinearNet(weight.astype(np.float32)), images, batch_size=3)
+    f, f_flip = _linear_by_hand(images, weight)
+    _assert_flip_sum_and_xnorm(result, f, f_flip)
 
     plain = extract_embeddings(LinearNet(weight.astype(np.float32)), images, flip=False)
     np.testing.assert_allclose(plain.raw.numpy(), f, rtol=1e-5, atol=1e-5)
@@ -208,18 +215,8 @@ def test_dedupe_embeds_each_distinct_image_once_with_the_hand_computed_result():
     result = extract_embeddings(net, images, batch_size=3, dedupe=True)
     assert net.seen == 2 * 5  # each distinct image and its mirror, once
 
-    # by hand, in float64, over every slot (copies included)
-    x = (images.astype(np.float64) - 127.5) / 127.5
-    f = x.reshape(len(slots), -1) @ weight.T
-    f_flip = x[:, :, :, ::-1].reshape(len(slots), -1) @ weight.T
-    raw = f + f_flip
-    np.testing.assert_allclose(result.raw.numpy(), raw, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        result.embeddings.numpy(), raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5, atol=1e-6
-    )
-    # XNorm counts each copy, as it would without dedupe
-    xnorm = np.mean(np.concatenate([np.linalg.norm(f, axis=1), np.linalg.norm(f_flip, axis=1)]))
-    assert result.xnorm == pytest.approx(xnorm, rel=1e-5)
+    # by hand, in float64, over every slot (copies included: XNorm counts each copy, as without dedupe)
+    _assert_flip_sum_and_xnorm(result, *_linear_by_hand(images, weight))
 
     net.seen = 0
     plain = extract_embeddings(net, images, batch_size=3)
