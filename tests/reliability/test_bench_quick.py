@@ -76,3 +76,41 @@ def test_pair_sets_bench_quick(tmp_path):
     assert (fresh[1], fresh[2]) == ("120", "240")  # 3 sets x 40 fresh pairs: 2 new images a pair
     assert pooled[1] == "180" and int(pooled[2]) <= 3 * 10 * 3 * 2  # at most identities x images x sides
     assert "pooled / fresh:" in result.stdout
+
+
+def _rescored_study(root, accuracies, extra_seed=False):
+    """A fabricated study folder: no-KD seeds 0 and 1 (and 2) with the given percent accuracies
+    (frontal, pose) and their average, and a backbone file whose bytes name the run."""
+    from ekd.report import write_results
+    from ekd.runs import BACKBONE_FILE
+    from tests.report.test_table import _result
+
+    for seed, (frontal, pose) in enumerate(accuracies + ([(50.0, 50.0)] if extra_seed else [])):
+        run = _result("none", seed, {"synth_frontal": frontal, "synth_pose": pose}, dataset="synthetic")
+        run.mean_accuracy = (frontal + pose) / 200.0
+        folder = root / "none" / f"seed{seed}"
+        write_results(folder, run)
+        (folder / BACKBONE_FILE).write_bytes(f"weights of seed {seed}".encode())
+
+
+def test_compare_rescored_pairs_runs_by_their_weights(tmp_path):
+    """After minus before, run by run, against differences worked out by hand; a run in one study
+    only is listed; a run whose weights differ is refused by name."""
+    before, after = tmp_path / "before", tmp_path / "after"
+    _rescored_study(before, [(80.0, 70.0), (82.0, 72.0)])
+    _rescored_study(after, [(81.0, 69.0), (85.0, 71.0)], extra_seed=True)
+    command = [sys.executable, str(BENCH / "compare_rescored.py"), str(before), str(after)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| no KD |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # frontal +1, +3; pose -1, -1; average (75 -> 75, 77 -> 78) 0, +1; seed std of the average
+    # before stdev(75, 77) = sqrt(2), after stdev(75, 78) = sqrt(4.5)
+    assert cells == ["no KD", "2", "+2.00 ± 1.41", "-1.00 ± 0.00", "+0.50 ± 0.71", "1.41", "2.12"]
+    assert "2 runs with byte-identical weights" in result.stdout
+    assert "in only one of the studies (left out): none (mobilefacenet) seeds 2" in result.stdout
+
+    (after / "none" / "seed1" / "backbone.pth").write_bytes(b"other weights")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "seed 1 was trained differently" in result.stderr and "seed1/backbone.pth" in result.stderr
