@@ -114,3 +114,41 @@ def test_compare_rescored_pairs_runs_by_their_weights(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "seed 1 was trained differently" in result.stderr and "seed1/backbone.pth" in result.stderr
+
+
+def test_versus_row_against_closed_form_welch(tmp_path):
+    """EKD against each other row from a comparison.csv: n = 2 a side with equal variances gives
+    Welch df = 2, where p = 1 - |t| / sqrt(2 + t^2) and t_{0.975, 2} = 4.3027; Holm over 2 tests."""
+    import csv
+    import math
+
+    table = tmp_path / "comparison.csv"
+    rows = [  # method, label, n, mean, std: values ekd (1, 3), none (6, 8), kd (2, 4); a one-run teacher
+        ("ekd", "EKD", 2, 2.0, math.sqrt(2)),
+        ("none", "no KD", 2, 7.0, math.sqrt(2)),
+        ("kd", "KD", 2, 3.0, math.sqrt(2)),
+        ("teacher", "teacher", 1, 9.0, ""),
+    ]
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "metric", "method", "label", "student", "column", "n", "mean", "std"])
+        for method, label, n, mean, std in rows:
+            writer.writerow(["synthetic", "accuracy", method, label, "mobilefacenet", "Avg", n, mean, std])
+    command = [sys.executable, str(BENCH / "versus_row.py"), str(table), "ekd"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = {
+        cells[1]: cells[4:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines())
+        if len(cells) == 7 and cells[0] == "Avg"
+    }
+    se = math.sqrt(2 / 2 + 2 / 2)
+    p_none = 1 - 5 / se / math.sqrt(2 + (5 / se) ** 2)  # 0.0715
+    p_kd = 1 - 1 / se / math.sqrt(2 + (1 / se) ** 2)  # 0.553
+    half = 4.302652729911275 * se
+    assert found == {
+        "no KD": [f"-5.00 ± {half:.2f}", f"{p_none:.3g}", f"{2 * p_none:.3g}"],
+        "KD": [f"-1.00 ± {half:.2f}", f"{p_kd:.3g}", f"{max(2 * p_none, p_kd):.3g}"],
+    }
+    unknown = subprocess.run([*command[:-1], "rkd"], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode != 0 and "has no method 'rkd'" in unknown.stderr
