@@ -8,8 +8,10 @@ Linux's ``VmHWM`` (``/proc/self/status``), reset at fit start by writing 5 to
 leaves the peak where it was (seen on some sandboxed kernels), the figure would be the process's
 lifetime peak (which in a multirun process includes earlier jobs), so none is recorded instead.
 The CPU figure is the whole process's: in a process that runs several fits one after another
-(``ekd-demo``, a local multirun) it includes what earlier fits left allocated, so compare it between
-runs made in separate processes.
+(``ekd-demo``'s workers, a local multirun) it includes what earlier fits left allocated.
+``ekd.run.run`` frees its own objects before it returns (until 2026-12-01 it did not, and such a
+process kept every earlier run's verification sets), so what remains is memory the allocator keeps;
+the cleanest comparison is still between runs made in separate processes.
 """
 
 from __future__ import annotations

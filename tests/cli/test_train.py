@@ -150,6 +150,33 @@ def test_a_finished_run_directory_is_never_overwritten(teacher_run, data_root):
     assert (out / "results.json").read_bytes() == before
 
 
+def test_a_run_frees_its_objects_before_returning(data_root, tmp_path, monkeypatch):
+    """The Trainer, module and datamodule hold each other, so only the cycle collector frees them.
+    With its automatic passes off (as rare as they are in a long-lived process), a run still leaves
+    neither its datamodule nor the verification sets it holds behind."""
+    import gc
+    import weakref
+
+    import ekd.run
+
+    built = []
+    original = ekd.run.build_datamodule
+
+    def tracked(cfg):
+        datamodule = original(cfg)
+        built.append(weakref.ref(datamodule))
+        return datamodule
+
+    monkeypatch.setattr(ekd.run, "build_datamodule", tracked)
+    gc.collect()
+    gc.disable()
+    try:
+        run(_tiny(data_root, *STUDENT, "seed=5"), tmp_path)
+        assert len(built) == 1 and built[0]() is None
+    finally:
+        gc.enable()
+
+
 def test_distillation_run_records_the_teacher(teacher_run, data_root, tmp_path):
     teacher_dir, _ = teacher_run
     checkpoint = teacher_dir / "checkpoints" / "last.ckpt"
