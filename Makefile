@@ -11,7 +11,7 @@ demo: install
 	ekd-demo
 
 test: install
-	WANDB_MODE=disabled $(PYTHON) -m pytest -n 2 --dist loadfile -q
+	WANDB_MODE=disabled $(PYTHON) -m pytest -n 2 --dist loadfile -q --durations=15
 
 lint:
 	$(PYTHON) -m ruff check ekd tests bench
