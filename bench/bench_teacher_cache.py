@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from perf_common import record, run_side_by_side, student_command, time_cells
+from perf_common import record, run_side_by_side, student_command, time_cells, welch_between_rows
 
 from ekd.cli.demo import QUICK_OVERRIDES, STUDENTS, compose_run_config, ensure_teacher_cache
 
@@ -37,7 +37,7 @@ from ekd.cli.demo import QUICK_OVERRIDES, STUDENTS, compose_run_config, ensure_t
 def compare_studies(online_csv: Path, cached_csv: Path) -> None:
     """Print, for every row x column that both tables hold with >= 2 runs, the cached-minus-online
     difference, its 95 % interval and Welch's p, Holm-adjusted over all of them."""
-    from ekd.report.table import holm, welch_from_summary
+    from ekd.report.table import holm
 
     def rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
         with open(path, newline="") as handle:
@@ -47,12 +47,7 @@ def compare_studies(online_csv: Path, cached_csv: Path) -> None:
     tests = []
     for key in (k for k in online if k in cached):
         a, b = cached[key], online[key]
-        if not (a["std"] and b["std"]):
-            continue  # a single run on a side (the teacher): no test
-        test = welch_from_summary(
-            *(float(a["mean"]), float(a["std"]) ** 2, int(a["n"])),
-            *(float(b["mean"]), float(b["std"]) ** 2, int(b["n"])),
-        )
+        test = welch_between_rows(a, b)  # None for a single run on a side (the teacher)
         if test is not None:
             tests.append((key, a, b, test))
     adjusted = holm([t.p_value for *_, t in tests])

@@ -136,6 +136,19 @@ def workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ekd-bench-"))
 
 
+def welch_between_rows(a: dict[str, str], b: dict[str, str]) -> Any:
+    """Welch's test of mean(a) - mean(b) for two rows of an ``ekd-table`` comparison.csv (their ``n``,
+    ``mean`` and ``std``); None where a side has no std (a single run) or the test is undefined."""
+    from ekd.report.table import welch_from_summary
+
+    if not (a["std"] and b["std"]):
+        return None
+    return welch_from_summary(
+        *(float(a["mean"]), float(a["std"]) ** 2, int(a["n"])),
+        *(float(b["mean"]), float(b["std"]) ** 2, int(b["n"])),
+    )
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -16,9 +16,9 @@ import csv
 import sys
 from pathlib import Path
 
-from perf_common import markdown_table
+from perf_common import markdown_table, welch_between_rows
 
-from ekd.report.table import holm, welch_from_summary
+from ekd.report.table import holm
 
 
 def read_rows(table: Path) -> list[dict[str, str]]:
@@ -33,12 +33,9 @@ def versus(rows: list[dict[str, str]], method: str, columns: list[str]) -> list[
     tests = []
     for (student, other, column), row in by_key.items():
         mine = by_key.get((student, method, column))
-        if other == method or column not in columns or mine is None or not (row["std"] and mine["std"]):
+        if other == method or column not in columns or mine is None:
             continue
-        test = welch_from_summary(
-            *(float(mine["mean"]), float(mine["std"]) ** 2, int(mine["n"])),
-            *(float(row["mean"]), float(row["std"]) ** 2, int(row["n"])),
-        )
+        test = welch_between_rows(mine, row)
         if test is not None:
             tests.append((column, mine, row, test))
     if not tests:

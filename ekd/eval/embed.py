@@ -96,7 +96,7 @@ def distinct_images(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     digest collision cannot merge two different images.
     """
     flat = images.reshape(images.shape[0], -1)
-    array = flat.numpy() if flat.device.type == "cpu" else flat.cpu().numpy()
+    array = flat.cpu().numpy()  # a no-op on the CPU
     groups: dict[bytes, list[int]] = {}  # digest -> rows of ``first`` with that digest
     first: list[int] = []
     inverse = torch.empty(images.shape[0], dtype=torch.long)
