@@ -119,6 +119,8 @@ def _hydra_task(cfg: DictConfig) -> float | None:
 
 def main(argv: Iterable[str] | None = None) -> None:
     """Console entry point; ``argv`` replaces the command-line arguments (Hydra reads ``sys.argv``)."""
+    global _task_started
+    _task_started = False  # per call: an earlier call in this process must not turn a typo into exit 1
     saved = sys.argv
     if argv is not None:
         sys.argv = [saved[0] if saved else "ekd-train", *argv]

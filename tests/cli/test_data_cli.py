@@ -38,8 +38,10 @@ def test_pack_reindex_info(tmp_path, capsys):
 
 def test_synth_writes_rec_and_bins(tmp_path, capsys):
     out = tmp_path / "synth"
+    # a template set of 2 identities x 2 templates x 1 image (the default, 300 identities, takes 25 s)
     argv = ["synth", str(out), "--identities", "3", "--images-per-identity", "2", "--pairs", "4",
-            "--heldout-identities", "2", "--seed", "3"]  # fmt: skip
+            "--heldout-identities", "2", "--seed", "3", "--template-identities", "2",
+            "--templates-per-identity", "2", "--images-per-template", "1"]  # fmt: skip
     assert main(argv) == 0
     assert "wrote 6 images of 3 identities" in capsys.readouterr().out
     for name in (
@@ -49,6 +51,7 @@ def test_synth_writes_rec_and_bins(tmp_path, capsys):
         "synth_frontal.bin",
         "synth_pose.bin",
         "synth_age.bin",
+        "synth_ijb.npz",
     ):
         assert (out / name).is_file()
     assert main(["info", str(out / "synth_age.bin")]) == 0

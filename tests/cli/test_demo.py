@@ -89,10 +89,8 @@ def test_jobs_train_the_students_side_by_side_with_their_output_in_logs(tmp_path
     assert printed.count("done: synthetic/student") == 4 and "| KD |" in printed
     # whole progress lines in a log (a rich rule would cut them at 80 columns), the ETA included
     assert all("ETA" in line for line in printed.splitlines() if "done: synthetic" in line)
-    # again: nothing is trained twice, each worker says so in the run's log
-    assert main(argv) == 0
-    assert "finished earlier" in capsys.readouterr().out
-    assert "holds a finished run" in (out / "logs" / "none-seed0.log").read_text()
+    # a second call with --jobs (finished runs skipped, each worker saying so in the run's log):
+    # test_a_failed_run_does_not_stop_the_others_and_the_demo_says_which[2]
 
 
 def test_a_worker_whose_demo_is_gone_starts_no_queued_run(tmp_path, monkeypatch):
@@ -190,8 +188,13 @@ def test_a_failed_run_does_not_stop_the_others_and_the_demo_says_which(tmp_path,
     (busy / LOCK_FILE).unlink()
     assert main(argv) == 0
     assert {(r.method, r.seed) for r in collect_results([out])} == done | {("none", 1)}
+    again = capsys.readouterr().out
     if jobs == 1:  # (with --jobs 2 the runs' own lines are in their logs)
-        assert capsys.readouterr().out.count("holds a finished run") == 3  # teacher, seeds 0 and 2
+        assert again.count("holds a finished run") == 3  # teacher, seeds 0 and 2
     else:
         assert "none-seed1.log" in printed.err
         assert "RunFolderError" in (out / "logs" / "none-seed1.log").read_text()  # the traceback
+        # nothing is trained twice: the finished runs are reported so, and their workers say why
+        assert again.count("(finished earlier)") == 2  # seeds 0 and 2
+        for seed in (0, 2):
+            assert "holds a finished run" in (out / "logs" / f"none-seed{seed}.log").read_text()

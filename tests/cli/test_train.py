@@ -344,7 +344,10 @@ def test_cache_of_another_teacher_or_dataset_is_refused_by_ekd_train(cached_teac
     # a cache of another training set (same teacher), through the ekd-train command line
     other_data = tmp_path / "other_data"
     write_synthetic(
-        other_data, SyntheticConfig(identities=6, images_per_identity=3, pairs=4, heldout_identities=2)
+        other_data,
+        SyntheticConfig(
+            identities=6, images_per_identity=3, pairs=4, heldout_identities=2, template_identities=0
+        ),
     )
     other_cache = tmp_path / "other_cache"
     args = [

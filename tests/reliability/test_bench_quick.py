@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def bench_script(capsys, monkeypatch):
+    """``python bench/NAME ARGS`` in this process (runpy, as the interpreter runs a script): returns
+    (exit code, stdout, stderr) without an interpreter start and about 8 s of imports. For the scripts
+    that only read files; the ones that time or train runs are run as processes."""
+
+    def call(name: str, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", [str(BENCH / name), *args])
+        monkeypatch.syspath_prepend(str(BENCH))
+        capsys.readouterr()
+        message = ""
+        try:
+            runpy.run_path(str(BENCH / name), run_name="__main__")
+            code = 0
+        except SystemExit as exit_:  # sys.exit("text"): the interpreter prints it and exits 1
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            message = exit_.code if isinstance(exit_.code, str) else ""
+        out, err = capsys.readouterr()
+        return code, out, err + message
+
+    return call
 
 
 def test_gpu_bench_quick_on_cpu(tmp_path):
@@ -93,30 +119,29 @@ def _rescored_study(root, accuracies, extra_seed=False):
         (folder / BACKBONE_FILE).write_bytes(f"weights of seed {seed}".encode())
 
 
-def test_compare_rescored_pairs_runs_by_their_weights(tmp_path):
+def test_compare_rescored_pairs_runs_by_their_weights(tmp_path, bench_script):
     """After minus before, run by run, against differences worked out by hand; a run in one study
     only is listed; a run whose weights differ is refused by name."""
     before, after = tmp_path / "before", tmp_path / "after"
     _rescored_study(before, [(80.0, 70.0), (82.0, 72.0)])
     _rescored_study(after, [(81.0, 69.0), (85.0, 71.0)], extra_seed=True)
-    command = [sys.executable, str(BENCH / "compare_rescored.py"), str(before), str(after)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| no KD |")]
+    code, out, err = bench_script("compare_rescored.py", str(before), str(after))
+    assert code == 0, err[-3000:]
+    (row,) = [line for line in out.splitlines() if line.startswith("| no KD |")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     # frontal +1, +3; pose -1, -1; average (75 -> 75, 77 -> 78) 0, +1; seed std of the average
     # before stdev(75, 77) = sqrt(2), after stdev(75, 78) = sqrt(4.5)
     assert cells == ["no KD", "2", "+2.00 ± 1.41", "-1.00 ± 0.00", "+0.50 ± 0.71", "1.41", "2.12"]
-    assert "2 runs with byte-identical weights" in result.stdout
-    assert "in only one of the studies (left out): none (mobilefacenet) seeds 2" in result.stdout
+    assert "2 runs with byte-identical weights" in out
+    assert "in only one of the studies (left out): none (mobilefacenet) seeds 2" in out
 
     (after / "none" / "seed1" / "backbone.pth").write_bytes(b"other weights")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert "seed 1 was trained differently" in result.stderr and "seed1/backbone.pth" in result.stderr
+    code, _, err = bench_script("compare_rescored.py", str(before), str(after))
+    assert code != 0
+    assert "seed 1 was trained differently" in err and "seed1/backbone.pth" in err
 
 
-def test_versus_row_against_closed_form_welch(tmp_path):
+def test_versus_row_against_closed_form_welch(tmp_path, bench_script):
     """EKD against each other row from a comparison.csv: n = 2 a side with equal variances gives
     Welch df = 2, where p = 1 - |t| / sqrt(2 + t^2) and t_{0.975, 2} = 4.3027; Holm over 2 tests."""
     import csv
@@ -134,12 +159,11 @@ def test_versus_row_against_closed_form_welch(tmp_path):
         writer.writerow(["dataset", "metric", "method", "label", "student", "column", "n", "mean", "std"])
         for method, label, n, mean, std in rows:
             writer.writerow(["synthetic", "accuracy", method, label, "mobilefacenet", "Avg", n, mean, std])
-    command = [sys.executable, str(BENCH / "versus_row.py"), str(table), "ekd"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, out, err = bench_script("versus_row.py", str(table), "ekd")
+    assert code == 0, err[-3000:]
     found = {
         cells[1]: cells[4:]
-        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines())
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in out.splitlines())
         if len(cells) == 7 and cells[0] == "Avg"
     }
     se = math.sqrt(2 / 2 + 2 / 2)
@@ -150,5 +174,5 @@ def test_versus_row_against_closed_form_welch(tmp_path):
         "no KD": [f"-5.00 ± {half:.2f}", f"{p_none:.3g}", f"{2 * p_none:.3g}"],
         "KD": [f"-1.00 ± {half:.2f}", f"{p_kd:.3g}", f"{max(2 * p_none, p_kd):.3g}"],
     }
-    unknown = subprocess.run([*command[:-1], "rkd"], capture_output=True, text=True, timeout=300)
-    assert unknown.returncode != 0 and "has no method 'rkd'" in unknown.stderr
+    code, _, err = bench_script("versus_row.py", str(table), "rkd")
+    assert code != 0 and "has no method 'rkd'" in err

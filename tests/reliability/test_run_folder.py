@@ -1,6 +1,10 @@
 """The run folder through the real ``ekd-train`` command: a durable last.ckpt, a clean stop on SIGTERM
 and SIGINT, exact resume (every metric equal to an uninterrupted run), refusal of a folder in use or
-of a resume with another config, inputs checked before the first step, user errors as exit code 2."""
+of a resume with another config, inputs checked before the first step, user errors as exit code 2.
+
+The runs that are signalled, and the reference they must equal, are separate processes; the other
+invocations call the same entry point (``ekd.cli.train.main``) in the test's process, which saves an
+interpreter start and about 8 s of imports each."""
 
 from __future__ import annotations
 
@@ -73,6 +77,30 @@ def _train(run_dir: Path, data: Path, *extra: str) -> subprocess.CompletedProces
     )
 
 
+@pytest.fixture
+def ekd_train(capfd, monkeypatch):
+    """``ekd-train ARGS`` in this process: returns (exit code, stdout, stderr), as a subprocess would."""
+    from ekd.cli.train import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # as _env: user errors become one message
+
+    def call(*args: str) -> tuple[int, str, str]:
+        capfd.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return call
+
+
+def _args(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    return _command(run_dir, data, *extra)[3:]  # without the interpreter and "-m ekd.cli.train"
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> tuple[Path, dict]:
     """An uninterrupted run: the reference every resumed run must equal."""
@@ -105,12 +133,14 @@ def _stop_with(signum: int, root: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_with_a_checkpoint_and_resume_auto_ends_like_an_uninterrupted_run(straight, signum):
+def test_a_signal_stops_with_a_checkpoint_and_resume_auto_ends_like_an_uninterrupted_run(
+    straight, signum, ekd_train
+):
     root, reference = straight
     run_dir = _stop_with(signum, root, f"stopped-{signum.name}")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # no temp file left
-    done = _train(run_dir, root / "data", "resume=auto")
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, err = ekd_train(*_args(run_dir, root / "data", "resume=auto"))
+    assert code == 0, err[-3000:]
     resumed = json.loads((run_dir / "results.json").read_text())
     assert resumed["global_step"] == reference["global_step"] == 8
     assert resumed["metrics"] == reference["metrics"]  # every fold accuracy, TPR, AUC: to the bit
@@ -118,11 +148,11 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_auto_ends_like_an_uninterru
     assert resumed["train_images_per_s"] > 0 and resumed["fit_time_s"] > 0
     assert resumed["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     # a finished run is left alone by resume=auto (a requeued sweep skips its finished jobs)
-    again = _train(run_dir, root / "data", "resume=auto")
-    assert again.returncode == 0 and "holds a finished run (resume=auto): nothing to do" in again.stdout
+    code, out, _ = ekd_train(*_args(run_dir, root / "data", "resume=auto"))
+    assert code == 0 and "holds a finished run (resume=auto): nothing to do" in out
 
 
-def test_a_checkpoint_with_pickled_hydra_config_resumes_only_with_trust_pickle(straight):
+def test_a_checkpoint_with_pickled_hydra_config_resumes_only_with_trust_pickle(straight, ekd_train):
     """Distillation checkpoints written before the hparams fix pickled the Hydra config (structured
     OmegaConf nodes that torch's weights_only loader cannot read): refused with the remedy named, and
     ``trust_pickle=true`` resumes them exactly."""
@@ -137,23 +167,23 @@ def test_a_checkpoint_with_pickled_hydra_config_resumes_only_with_trust_pickle(s
     checkpoint["hyper_parameters"]["optim"] = OmegaConf.structured(TrainConfig).optim  # as the old code did
     torch.save(checkpoint, last)
 
-    refused = _train(run_dir, root / "data", "resume=auto")
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "last.ckpt pickles Python objects" in refused.stderr and "trust_pickle=true" in refused.stderr
+    code, _, err = ekd_train(*_args(run_dir, root / "data", "resume=auto"))
+    assert code == 2, err[-3000:]
+    assert "last.ckpt pickles Python objects" in err and "trust_pickle=true" in err
     assert not (run_dir / "results.json").exists()  # a user error leaves no failure record
 
-    done = _train(run_dir, root / "data", "resume=auto", "trust_pickle=true")
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, err = ekd_train(*_args(run_dir, root / "data", "resume=auto", "trust_pickle=true"))
+    assert code == 0, err[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["metrics"] == reference["metrics"]
 
 
-def test_folder_refusals_are_one_message_and_exit_code_2(straight, tmp_path):
+def test_folder_refusals_are_one_message_and_exit_code_2(straight, tmp_path, ekd_train, monkeypatch):
     root, _ = straight
     finished = root / "straight"
-    done = _train(finished, root / "data")
-    assert done.returncode == 2 and "holds a finished run" in done.stderr and "Traceback" not in done.stderr
-    done = _train(finished, root / "data", "resume=auto", "seed=5")
-    assert done.returncode == 0  # finished: nothing to do, whatever the config
+    code, _, err = ekd_train(*_args(finished, root / "data"))
+    assert code == 2 and "holds a finished run" in err and "Traceback" not in err
+    code, _, _ = ekd_train(*_args(finished, root / "data", "resume=auto", "seed=5"))
+    assert code == 0  # finished: nothing to do, whatever the config
     # an interrupted run resumed with another seed: refused, the changed key named
     interrupted = tmp_path / "interrupted"
     (interrupted / "checkpoints").mkdir(parents=True)
@@ -161,16 +191,13 @@ def test_folder_refusals_are_one_message_and_exit_code_2(straight, tmp_path):
         (finished / "checkpoints" / "last.ckpt").read_bytes()
     )
     (interrupted / "config.yaml").write_text((finished / "config.yaml").read_text())
-    done = _train(interrupted, root / "data", "resume=auto", "seed=5")
-    assert done.returncode == 2 and "seed: 0 -> 5" in done.stderr, done.stderr[-2000:]
+    code, _, err = ekd_train(*_args(interrupted, root / "data", "resume=auto", "seed=5"))
+    assert code == 2 and "seed: 0 -> 5" in err, err[-2000:]
     # resume=auto needs a folder the user named
-    command = [
-        c for c in _command(interrupted, root / "data", "resume=auto") if not c.startswith("hydra.run.dir")
-    ]
-    done = subprocess.run(
-        command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 2 and "resume=auto continues the run in a folder you name" in done.stderr
+    monkeypatch.chdir(tmp_path)  # where Hydra's default folder would go
+    args = [a for a in _args(interrupted, root / "data", "resume=auto") if not a.startswith("hydra.run.dir")]
+    code, _, err = ekd_train(*args)
+    assert code == 2 and "resume=auto continues the run in a folder you name" in err
     # a folder in use by a live job (its lock: this test process on this host)
     (interrupted / LOCK_FILE).write_text(
         json.dumps(
@@ -182,11 +209,11 @@ def test_folder_refusals_are_one_message_and_exit_code_2(straight, tmp_path):
             }
         )
     )
-    done = _train(interrupted, root / "data", "resume=auto")
-    assert done.returncode == 2 and "is in use by a running job" in done.stderr
+    code, _, err = ekd_train(*_args(interrupted, root / "data", "resume=auto"))
+    assert code == 2 and "is in use by a running job" in err
 
 
-def test_inputs_are_checked_before_the_first_step(straight, tmp_path):
+def test_inputs_are_checked_before_the_first_step(straight, tmp_path, ekd_train):
     root, _ = straight
     data = tmp_path / "data"
     data.mkdir()
@@ -194,13 +221,13 @@ def test_inputs_are_checked_before_the_first_step(straight, tmp_path):
         (data / path.name).symlink_to(path)
     (data / "synth_pose.bin").unlink()
     (data / "synth_pose.bin").write_bytes(b"garbage that is not a pickled .bin set")
-    done = _train(tmp_path / "run", data)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "synth_pose.bin" in done.stderr and "Traceback" not in done.stderr
+    code, _, err = ekd_train(*_args(tmp_path / "run", data))
+    assert code == 2, err[-2000:]
+    assert "synth_pose.bin" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
     # a configuration typo: Hydra's one message, exit code 2
-    done = _train(tmp_path / "typo", data, "trainer.max_epoch=3")
-    assert done.returncode == 2 and "trainer.max_epoch" in done.stderr
+    code, _, err = ekd_train(*_args(tmp_path / "typo", data, "trainer.max_epoch=3"))
+    assert code == 2 and "trainer.max_epoch" in err
     # a folder that cannot be written
     locked = tmp_path / "readonly"
     locked.mkdir()
@@ -208,8 +235,8 @@ def test_inputs_are_checked_before_the_first_step(straight, tmp_path):
     try:
         if os.access(locked, os.W_OK):
             pytest.skip("running as a user who can write anywhere (root): no read-only folder to test")
-        done = _train(locked / "run", data)
-        assert done.returncode == 2 and "readonly" in done.stderr and "Traceback" not in done.stderr
+        code, _, err = ekd_train(*_args(locked / "run", data))
+        assert code == 2 and "readonly" in err and "Traceback" not in err
     finally:
         locked.chmod(0o700)
 
@@ -276,22 +303,22 @@ def test_resume_compatibility_names_what_changed():
         check_resume_compatible(before, other, "run/config.yaml")
 
 
-def test_a_multirun_goes_on_after_a_failed_job_and_resume_auto_skips_finished_jobs(straight, tmp_path):
+def test_a_multirun_goes_on_after_a_failed_job_and_resume_auto_skips_finished_jobs(
+    straight, tmp_path, ekd_train
+):
     """distill=kd without a teacher is refused for that job only; resume=auto then skips the finished one."""
     root, _ = straight
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "ekd.cli.train", "-m", *TINY, "trainer.max_steps=2"]
-    command += [f"data.root={root / 'data'}", f"hydra.sweep.dir={sweep}", "distill=kd,none", "resume=auto"]
+    args = ["-m", *TINY, "trainer.max_steps=2"]
+    args += [f"data.root={root / 'data'}", f"hydra.sweep.dir={sweep}", "distill=kd,none", "resume=auto"]
     for attempt in range(2):
-        done = subprocess.run(
-            command, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "ekd-train: error: teacher.checkpoint is not set" in done.stderr or "no teacher" in done.stderr
+        code, out, err = ekd_train(*args)
+        assert code == 0, err[-3000:]
+        assert "ekd-train: error: teacher.checkpoint is not set" in err or "no teacher" in err
         assert not (sweep / "0" / "results.json").exists()  # the refused job left no record
         assert json.loads((sweep / "1" / "results.json").read_text())["global_step"] == 2
         if attempt == 1:
-            assert "holds a finished run (resume=auto): nothing to do" in done.stdout
+            assert "holds a finished run (resume=auto): nothing to do" in out
 
 
 def test_help_starts_with_usage_and_examples_and_hides_shared_recipes(capsys):
