@@ -37,8 +37,12 @@ from ekd.runs import BACKBONE_FILE, LAST_CHECKPOINT
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
-    """``cfg.data`` (its ``_target_``: ``ekd.data.FaceDataModule``) with the run's seed."""
-    return hydra.utils.instantiate(cfg.data, seed=cfg.seed, _convert_="all")
+    """``cfg.data`` (its ``_target_``: ``ekd.data.FaceDataModule``) with the run's data seed: ``data_seed``,
+    or ``seed`` where that is null (configs saved before the key existed have neither: the seed)."""
+    data_seed = cfg.get("data_seed")
+    return hydra.utils.instantiate(
+        cfg.data, seed=cfg.seed if data_seed is None else data_seed, _convert_="all"
+    )
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Any], callbacks: list[Any]) -> Any:

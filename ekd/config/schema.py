@@ -132,6 +132,9 @@ class TrainConfig:
     order: float = "${distill.order}"  # type: ignore[assignment]  # an interpolation, resolved to a float
     paper_row: Optional[str] = "${distill.paper_row}"
     seed: int = 0
+    # the training data's own seed (batch order, flips); null: ``seed``. Variance studies set it to tell
+    # the spread due to the data order from the one due to the initialisation (``seed`` alone then)
+    data_seed: Optional[int] = None
     # modules imported before anything is built: a user's objectives, backbones or data sources register
     # themselves on import (installed packages can use the ``ekd.plugins`` entry-point group instead)
     imports: list[str] = field(default_factory=list)

@@ -177,6 +177,18 @@ def test_a_run_frees_its_objects_before_returning(data_root, tmp_path, monkeypat
         gc.enable()
 
 
+def test_data_seed_sets_the_data_order_apart_from_the_initialisation(data_root):
+    """data_seed (null: seed) seeds the datamodule, i.e. the batch order and flips; a config saved
+    before the key existed gives the run's seed."""
+    from ekd.run import build_datamodule
+
+    assert build_datamodule(_tiny(data_root, "seed=3")).seed == 3
+    assert build_datamodule(_tiny(data_root, "seed=3", "data_seed=5")).seed == 5
+    older = _tiny(data_root, "seed=3")
+    older = OmegaConf.create({k: v for k, v in OmegaConf.to_container(older).items() if k != "data_seed"})
+    assert "data_seed" not in older and build_datamodule(older).seed == 3
+
+
 def test_distillation_run_records_the_teacher(teacher_run, data_root, tmp_path):
     teacher_dir, _ = teacher_run
     checkpoint = teacher_dir / "checkpoints" / "last.ckpt"
