@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.entry_points import call_like_a_process
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -21,16 +23,7 @@ def bench_script(capsys, monkeypatch):
     def call(name: str, *args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", [str(BENCH / name), *args])
         monkeypatch.syspath_prepend(str(BENCH))
-        capsys.readouterr()
-        message = ""
-        try:
-            runpy.run_path(str(BENCH / name), run_name="__main__")
-            code = 0
-        except SystemExit as exit_:  # sys.exit("text"): the interpreter prints it and exits 1
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-            message = exit_.code if isinstance(exit_.code, str) else ""
-        out, err = capsys.readouterr()
-        return code, out, err + message
+        return call_like_a_process(lambda: runpy.run_path(str(BENCH / name), run_name="__main__"), capsys)
 
     return call
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from ekd.runs import LOCK_FILE, RunFolderError, RunLock, changed_keys, check_resume_compatible, folder_state
+from tests.entry_points import call_like_a_process
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -85,14 +86,7 @@ def ekd_train(capfd, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # as _env: user errors become one message
 
     def call(*args: str) -> tuple[int, str, str]:
-        capfd.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        out, err = capfd.readouterr()
-        return code, out, err
+        return call_like_a_process(lambda: main(list(args)), capfd)
 
     return call
 
