@@ -55,16 +55,13 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
+def _args(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    """ekd-train's arguments for a tiny run in ``run_dir``."""
+    return [*TINY, f"data.root={data}", f"hydra.run.dir={run_dir}", *extra]
+
+
 def _command(run_dir: Path, data: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ekd.cli.train",
-        *TINY,
-        f"data.root={data}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
+    return [sys.executable, "-m", "ekd.cli.train", *_args(run_dir, data, *extra)]
 
 
 def _train(run_dir: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -89,10 +86,6 @@ def ekd_train(capfd, monkeypatch):
         return call_like_a_process(lambda: main(list(args)), capfd)
 
     return call
-
-
-def _args(run_dir: Path, data: Path, *extra: str) -> list[str]:
-    return _command(run_dir, data, *extra)[3:]  # without the interpreter and "-m ekd.cli.train"
 
 
 @pytest.fixture(scope="module")
